@@ -49,9 +49,19 @@ def main() -> None:
 
 
 def _register() -> None:
-    from planner.cli import gpus_cmd, models_cmd
+    # One module per subcommand; each exposes `command`.
+    from planner.cli import (
+        execute_cmd,
+        explain_cmd,
+        gpus_cmd,
+        models_cmd,
+        predict_cmd,
+        profile_cmd,
+        report_cmd,
+        solve_cmd,
+    )
 
-    for module in (models_cmd, gpus_cmd):
+    for module in (models_cmd, gpus_cmd, profile_cmd, predict_cmd, solve_cmd, explain_cmd, execute_cmd, report_cmd):
         main.add_command(module.command)
 
 
