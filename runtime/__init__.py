@@ -1,0 +1,1 @@
+"""kvplan's runtime: executes a plan for real and measures it (docs/runtime.md)."""
