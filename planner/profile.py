@@ -120,6 +120,7 @@ def profile_from_dict(data: Any, origin: str = "<profile>") -> Profile:
             gb_per_s=float(_positive(_get(link, "gb_per_s", f"{origin} links.{name}"), f"links.{name}.gb_per_s")),
             latency_s=float(_positive(link.get("latency_s", 0.0), f"links.{name}.latency_s", allow_zero=True)),
         )
+    _check_optional_sections(data, origin)
     return Profile(
         name=str(_get(data, "name", origin)),
         kind=kind,
@@ -140,6 +141,32 @@ def profile_from_dict(data: Any, origin: str = "<profile>") -> Profile:
         links=links,
         data=data,
     )
+
+
+def _check_optional_sections(data: dict[str, Any], origin: str) -> None:
+    """Optional sections: "cost_models" (fitted regressions, planner/costmodel/fitted.py), "samples"
+    (the raw probe samples they were fitted on) and "efficiency" (roofline parameters)."""
+    models = data.get("cost_models")
+    if models is not None:
+        if not isinstance(models, dict):
+            raise KvplanError(f"profile {origin}: cost_models must be an object")
+        from planner.costmodel.fitted import validate_model
+
+        for key, model in models.items():
+            validate_model(model, f"profile {origin} cost_models.{key}")
+    samples = data.get("samples")
+    if samples is not None and not (
+        isinstance(samples, dict) and all(isinstance(s, dict) and isinstance(s.get("rows"), list)
+                                          for s in samples.values())
+    ):
+        raise KvplanError(f"profile {origin}: samples must be an object of {{columns, rows}} tables")
+    eff = data.get("efficiency")
+    if eff is not None:
+        if not isinstance(eff, dict):
+            raise KvplanError(f"profile {origin}: efficiency must be an object")
+        for key, value in eff.items():
+            if key != "source" and key != "note":
+                _positive(value, f"{origin} efficiency.{key}")
 
 
 def datasheet_names() -> list[str]:

@@ -28,3 +28,18 @@ def write_json(tmp_path):
         return path
 
     return _write
+
+
+@pytest.fixture(scope="session")
+def local_profile_path(tmp_path_factory) -> Path:
+    """A real measured profile of this machine (`kvplan profile --smoke`, a few seconds), made once
+    per test session in a temporary folder (disk probe included); returns the profile's path."""
+    folder = tmp_path_factory.mktemp("local-profile")
+    (folder / "disk").mkdir()
+    path = folder / "local-test-cpu.json"
+    result = CliRunner().invoke(
+        main, ["profile", "--smoke", "--cpu", "--disk-dir", str(folder / "disk"), "-o", str(path)],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    return path

@@ -1,13 +1,96 @@
-"""`kvplan profile` (placeholder while it is being built; replaced by its real module)."""
+"""`kvplan profile`: measure this machine and write a profile the planner trusts."""
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
 import click
 
-from planner.errors import KvplanError
+from planner.cli.output import echo_json, human_bytes, print_table
+from planner.jsonio import write_json_atomic
 
 
-@click.command("profile", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-def command() -> None:
-    """(not built yet)"""
-    raise KvplanError("'kvplan profile' is not built yet")
+@click.command("profile")
+@click.option("--quick", is_flag=True, help="A fast profile (under 2 minutes on 2 cores).")
+@click.option("--smoke", is_flag=True, hidden=True, help="A seconds-long profile for tests and CI.")
+@click.option("--disk-dir", type=click.Path(path_type=Path), default=None,
+              help="Folder where the KV cache will live on disk (default: <temp dir>/kvplan-kvcache).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Where to write the profile (default: profiles/local-<host>-<device>.json).")
+@click.option("--cpu", "force_cpu", is_flag=True, help="Profile the CPU even when a GPU is present.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of tables.")
+def command(quick: bool, smoke: bool, disk_dir: Path | None, output: Path | None, force_cpu: bool,
+            as_json: bool) -> None:
+    """Measure this machine: probes, fitted cost models with their errors, one profile file."""
+    from planner.profiling import default_output_path, measure_profile
+    from planner.profiling.system import detect_device
+
+    mode = "smoke" if smoke else "quick" if quick else "full"
+    if output is None:
+        output = default_output_path(detect_device(force_cpu=force_cpu))
+    with _progress() as factory:
+        data = measure_profile(mode, disk_dir=disk_dir, force_cpu=force_cpu, progress=factory)
+    write_json_atomic(output, data)  # only a complete profile is ever written
+    summary = _summary(data, output)
+    if as_json:
+        echo_json(summary)
+        return
+    _print_summary(summary)
+
+
+class _progress:
+    """A rich progress bar per probe family on a terminal; one line per family otherwise (stderr)."""
+
+    def __enter__(self) -> Callable[[str, int], Callable[[int], None]]:
+        self._bar = None
+        if sys.stderr.isatty():
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), console=Console(stderr=True), transient=False)
+            self._bar.__enter__()
+        return self._factory
+
+    def _factory(self, label: str, total: int) -> Callable[[int], None]:
+        if self._bar is None:
+            click.echo(f"probing: {label} ({total})", err=True)
+            return lambda n: None
+        task = self._bar.add_task(label, total=total)
+        return lambda n: self._bar.advance(task, n)
+
+    def __exit__(self, *exc) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
+
+
+def _summary(data: dict, output: Path) -> dict:
+    models = {
+        key: {"kind": m["kind"], "cv_mape": m["cv_mape"], "samples": m["n_samples"],
+              "skipped": data["samples"].get(key, {}).get("skipped", 0)}
+        for key, m in sorted(data["cost_models"].items())
+    }
+    return {
+        "path": str(output),
+        "name": data["name"],
+        "mode": data["measurement"]["mode"],
+        "device": {k: data["device"][k] for k in ("type", "name", "memory_bytes", "memory_gb_per_s", "peak_tflops")},
+        "links": data["links"],
+        "disk": data["disk"],
+        "cost_models": models,
+    }
+
+
+def _print_summary(s: dict) -> None:
+    dev = s["device"]
+    peaks = ", ".join(f"{d} {v * 1e3:,.1f} GFLOP/s" for d, v in sorted(dev["peak_tflops"].items()))
+    click.echo(f"device: {dev['type']} {dev['name']}, {human_bytes(dev['memory_bytes'])}, best GEMM rate {peaks}")
+    click.echo(f"disk: {s['disk']['path']} ({s['disk']['method']}), {human_bytes(s['disk']['free_bytes'])} free")
+    print_table("links", ["link", "GB/s", "latency us"],
+                [(n, f"{v['gb_per_s']:.2f}", f"{v['latency_s'] * 1e6:.1f}") for n, v in sorted(s["links"].items())])
+    print_table("cost models (error = cross-validated MAPE)", ["op", "model", "samples", "skipped", "error"],
+                [(k, v["kind"], v["samples"], v["skipped"], f"{v['cv_mape'] * 100:.1f}%")
+                 for k, v in s["cost_models"].items()])
+    click.echo(f"wrote {s['path']} ({s['mode']} mode)")

@@ -1,8 +1,16 @@
-"""The query interface over a profile: GEMM, attention, element-wise and transfer times."""
+"""The query interface over a profile: GEMM, attention, element-wise and transfer times.
+
+A measured profile answers from its fitted regressions (planner/costmodel/fitted.py, stored under
+"cost_models" as "<family>.<processor>.<dtype>", "elementwise.<processor>" and "link.<name>") where it
+has one for the query; everything else, and every datasheet profile, falls back to the roofline
+(planner/costmodel/roofline.py) with the profile's "efficiency" block.
+"""
 
 from __future__ import annotations
 
-from planner.costmodel import roofline
+from typing import Any
+
+from planner.costmodel import fitted, roofline
 from planner.errors import KvplanError
 from planner.layer_costs import Gemm, attention_flops
 from planner.models import DTYPE_BYTES, ModelConfig
@@ -18,6 +26,12 @@ class CostModel:
     def __init__(self, profile: Profile):
         self.profile = profile
         self.efficiency = roofline.Efficiency.from_dict(profile.data.get("efficiency"))
+        stored = profile.data.get("cost_models") or {}
+        if not isinstance(stored, dict):
+            raise KvplanError(f"profile {profile.name}: cost_models must be an object")
+        for key, model in stored.items():
+            fitted.validate_model(model, f"profile {profile.name} cost_models.{key}")
+        self.fitted: dict[str, dict[str, Any]] = dict(stored)
 
     # -- rates of the processor at `where` --------------------------------------------------
     def _peak_tflops(self, dtype: str, where: str) -> float:
@@ -35,11 +49,29 @@ class CostModel:
         if where not in WHERE:
             raise KvplanError(f"unknown processor '{where}' (known: {', '.join(WHERE)})")
 
+    def fitted_model(self, family: str, where: str, dtype: str | None = None) -> dict[str, Any] | None:
+        """The stored regression for a query, if the profile has one. On a CPU-only machine the
+        CPU helper is the device, so "cpu" queries use the device's models."""
+        proc = "device" if where == "device" or self.profile.host_is_device else "cpu"
+        key = f"{family}.{proc}" if dtype is None else f"{family}.{proc}.{dtype}"
+        return self.fitted.get(key)
+
+    def source(self, family: str, where: str = "device", dtype: str | None = None) -> str:
+        """Which model answers a query: "fitted:<kind>" or "roofline" (shown by `kvplan predict`)."""
+        if family == "link":
+            model = self.fitted.get(f"link.{where}")
+        else:
+            model = self.fitted_model(family, where, dtype)
+        return f"fitted:{model['kind']}" if model else "roofline"
+
     # -- queries -----------------------------------------------------------------------------
     def gemm_s(self, gemm: Gemm, dtype: str, where: str = "device") -> float:
         self._check(where)
         if gemm.m <= 0:
             return 0.0
+        model = self.fitted_model("gemm", where, dtype)
+        if model is not None:
+            return fitted.predict(model, (gemm.m, gemm.n, gemm.k))
         return roofline.gemm_time_s(
             gemm.m, gemm.n, gemm.k, DTYPE_BYTES[dtype], self._peak_tflops(dtype, where),
             self._memory_gb_per_s(where), self.efficiency,
@@ -55,6 +87,13 @@ class CostModel:
         flops = attention_flops(model, batch, query_tokens, context, causal=True)
         keys = context + query_tokens
         kv_bytes = batch * keys * 2 * model.kv_dim * DTYPE_BYTES[dtype]
+        reg = self.fitted_model("attention", where, dtype)
+        if reg is not None:
+            dims = (batch, keys, model.num_heads, model.num_kv_heads, model.head_dim)
+            if query_tokens == 1:
+                return fitted.predict(reg, dims)
+            # several new tokens: the fitted line on this query's own FLOPs and bytes
+            return fitted.predict_from_terms(reg, (flops / 1e9, kv_bytes / 1e9), dims)
         return roofline.attention_time_s(
             flops, kv_bytes, self._peak_tflops(dtype, where), self._memory_gb_per_s(where), self.efficiency
         )
@@ -63,9 +102,17 @@ class CostModel:
         self._check(where)
         if nbytes <= 0:
             return 0.0
+        model = self.fitted_model("elementwise", where)
+        if model is not None:
+            return fitted.predict(model, (nbytes,))
         return roofline.elementwise_time_s(nbytes, self._memory_gb_per_s(where), self.efficiency)
 
     def transfer_s(self, link: str, nbytes: float) -> float:
         if link not in self.profile.links:
             raise KvplanError(f"profile {self.profile.name} has no link '{link}'")
+        if nbytes <= 0:
+            return 0.0
+        model = self.fitted.get(f"link.{link}")
+        if model is not None:
+            return fitted.predict(model, (nbytes,))
         return self.profile.links[link].time_s(nbytes)

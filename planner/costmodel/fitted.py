@@ -1,0 +1,292 @@
+"""Regression cost models fitted on probe samples, stored as plain data (no pickle).
+
+Every model is physically shaped first: a non-negative linear model over work terms,
+
+    time_s = c0 + c1 * flops/1e9 + c2 * bytes/1e9          (GEMM, attention)
+    time_s = c0 + c1 * bytes/1e9                            (element-wise ops, links)
+
+i.e. a fixed latency plus work over a rate (the roofline's terms, added rather than max'ed so the
+fit stays linear). Two candidates refine it with a multiplicative correction learned on the log of
+the shape dimensions (m, n, k; batch, context, heads, ...):
+
+- "poly":  log(time / linear) = degree-2 polynomial of log(dims)   (ridge regression)
+- "tree":  log(time / linear) = a small regression tree of log(dims) (exported arrays)
+
+The candidate with the lowest cross-validated MAPE (k-fold, shuffled, fixed seed) is kept, with that
+held-out MAPE stored next to it. Extrapolation: the shape dimensions are clamped into the sampled
+range before the correction is evaluated, so outside the probed shapes a prediction is the linear
+model (monotone in FLOPs and bytes, non-negative coefficients) times the correction at the nearest
+sampled shape. A bigger GEMM than any probed one therefore costs its extra FLOPs at the rate of the
+biggest probed shapes, never less.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from planner.errors import KvplanError
+
+FAMILIES = ("gemm", "attention", "elementwise", "link")
+KINDS = ("linear", "poly", "tree")
+# Shape dimensions per family, in the order samples store them (before the time_s column).
+DIMS: dict[str, tuple[str, ...]] = {
+    "gemm": ("m", "n", "k"),
+    "attention": ("batch", "context", "heads", "kv_heads", "head_dim"),
+    "elementwise": ("bytes",),
+    "link": ("bytes",),
+}
+MIN_SAMPLES_FOR_CORRECTION = 8
+CV_FOLDS = 5
+TREE_MAX_DEPTH = 4
+POLY_RIDGE_ALPHA = 1e-2
+# the correction factor is bounded so a bad fit can never make an op 20x faster or slower than its line
+MAX_LOG_CORRECTION = math.log(20.0)
+
+
+def work_terms(family: str, dims: np.ndarray, dtype_bytes: int) -> np.ndarray:
+    """Columns of the linear model, in units of 1e9 (GFLOP, GB): rows = samples."""
+    d = np.asarray(dims, dtype=float)
+    if family == "gemm":
+        m, n, k = d[:, 0], d[:, 1], d[:, 2]
+        flops = 2.0 * m * n * k  # 2mnk per GEMM (planner/layer_costs.py convention)
+        moved = dtype_bytes * (m * k + k * n + m * n)  # read A and B, write C
+        return np.column_stack([flops, moved]) / 1e9
+    if family == "attention":
+        b, s, heads, kvh, hd = (d[:, i] for i in range(5))
+        flops = 4.0 * b * s * heads * hd  # QK^T and PV of one new token (design.md §1)
+        kv_bytes = 2.0 * b * s * kvh * hd * dtype_bytes  # read K and V once
+        return np.column_stack([flops, kv_bytes]) / 1e9
+    if family in ("elementwise", "link"):
+        return d[:, :1] / 1e9
+    raise KvplanError(f"unknown cost-model family '{family}'")
+
+
+def _log_dims(dims: np.ndarray) -> np.ndarray:
+    return np.log(np.maximum(np.asarray(dims, dtype=float), 1.0))
+
+
+# -- fitting -------------------------------------------------------------------------------------
+def _fit_linear(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Non-negative least squares on relative error: weights 1/y^2 make it minimise sum((pred-y)/y)^2."""
+    from sklearn.linear_model import LinearRegression
+
+    reg = LinearRegression(positive=True)
+    reg.fit(x, y, sample_weight=1.0 / np.square(y))
+    coef = [max(float(reg.intercept_), 0.0)] + [float(c) for c in reg.coef_]
+    return np.array(coef)
+
+
+def _linear_predict(coef: np.ndarray, x: np.ndarray) -> np.ndarray:
+    return coef[0] + x @ coef[1:]
+
+
+def _fit_poly(logd: np.ndarray, resid: np.ndarray) -> dict[str, Any]:
+    from sklearn.linear_model import Ridge
+    from sklearn.preprocessing import PolynomialFeatures
+
+    poly = PolynomialFeatures(degree=2, include_bias=False)
+    feats = poly.fit_transform(logd)
+    reg = Ridge(alpha=POLY_RIDGE_ALPHA)
+    reg.fit(feats, resid)
+    return {"powers": poly.powers_.tolist(), "coef": [float(c) for c in reg.coef_], "intercept": float(reg.intercept_)}
+
+
+def _poly_eval(data: dict[str, Any], logd: np.ndarray) -> np.ndarray:
+    powers = np.asarray(data["powers"], dtype=float)
+    feats = np.prod(np.power(logd[:, None, :], powers[None, :, :]), axis=2)
+    return data["intercept"] + feats @ np.asarray(data["coef"], dtype=float)
+
+
+def _fit_tree(logd: np.ndarray, resid: np.ndarray) -> dict[str, Any]:
+    from sklearn.tree import DecisionTreeRegressor
+
+    leaf = max(2, len(resid) // 16)
+    reg = DecisionTreeRegressor(max_depth=TREE_MAX_DEPTH, min_samples_leaf=leaf, random_state=0)
+    reg.fit(logd, resid)
+    t = reg.tree_
+    return {
+        "children_left": [int(v) for v in t.children_left],
+        "children_right": [int(v) for v in t.children_right],
+        "feature": [int(v) for v in t.feature],
+        "threshold": [float(v) for v in t.threshold],
+        "value": [float(v) for v in t.value[:, 0, 0]],
+    }
+
+
+def _tree_eval(data: dict[str, Any], logd: np.ndarray) -> np.ndarray:
+    left, right, feat = data["children_left"], data["children_right"], data["feature"]
+    thr, val = data["threshold"], data["value"]
+    out = np.empty(len(logd))
+    for i, row in enumerate(logd):
+        node = 0
+        while left[node] != -1:
+            node = left[node] if row[feat[node]] <= thr[node] else right[node]
+        out[i] = val[node]
+    return out
+
+
+def _fit_kind(kind: str, family: str, dims: np.ndarray, y: np.ndarray, dtype_bytes: int) -> dict[str, Any]:
+    x = work_terms(family, dims, dtype_bytes)
+    coef = _fit_linear(x, y)
+    model: dict[str, Any] = {"kind": kind, "linear": [float(c) for c in coef]}
+    if kind == "linear":
+        return model
+    base = np.maximum(_linear_predict(coef, x), 1e-12)
+    resid = np.clip(np.log(y / base), -MAX_LOG_CORRECTION, MAX_LOG_CORRECTION)
+    logd = _log_dims(dims)
+    model[kind] = _fit_poly(logd, resid) if kind == "poly" else _fit_tree(logd, resid)
+    return model
+
+
+def _mape(pred: np.ndarray, y: np.ndarray) -> float:
+    return float(np.mean(np.abs(pred - y) / y))
+
+
+def _cv_mape(kind: str, family: str, dims: np.ndarray, y: np.ndarray, dtype_bytes: int) -> float:
+    from sklearn.model_selection import KFold
+
+    folds = min(CV_FOLDS, len(y))
+    pred = np.empty(len(y))
+    for train, test in KFold(n_splits=folds, shuffle=True, random_state=0).split(dims):
+        model = _fit_kind(kind, family, dims[train], y[train], dtype_bytes)
+        full = {**model, "family": family, "dims": list(DIMS[family]), "dtype_bytes": dtype_bytes,
+                "dim_min": dims[train].min(axis=0).tolist(), "dim_max": dims[train].max(axis=0).tolist()}
+        pred[test] = predict_many(full, dims[test])
+    return _mape(pred, y)
+
+
+def fit(family: str, rows: Sequence[Sequence[float]], dtype_bytes: int = 1) -> dict[str, Any]:
+    """Fit every candidate on `rows` (dims..., time_s), keep the best by cross-validated MAPE."""
+    if family not in FAMILIES:
+        raise KvplanError(f"unknown cost-model family '{family}'")
+    arr = np.asarray(rows, dtype=float)
+    ndim = len(DIMS[family])
+    if arr.ndim != 2 or arr.shape[1] != ndim + 1 or len(arr) < 3:
+        raise KvplanError(f"{family}: need at least 3 samples of {ndim} dims + time_s to fit a model")
+    arr = arr[arr[:, -1] > 0]
+    dims, y = arr[:, :ndim], arr[:, -1]
+    kinds = KINDS if len(y) >= MIN_SAMPLES_FOR_CORRECTION else ("linear",)
+    scores = {kind: _cv_mape(kind, family, dims, y, dtype_bytes) for kind in kinds}
+    best = min(kinds, key=lambda k: (round(scores[k], 6), KINDS.index(k)))
+    model = _fit_kind(best, family, dims, y, dtype_bytes)
+    model.update({
+        "family": family, "dims": list(DIMS[family]), "dtype_bytes": dtype_bytes,
+        "dim_min": dims.min(axis=0).tolist(), "dim_max": dims.max(axis=0).tolist(),
+        "cv_mape": round(scores[best], 6), "cv_mape_by_kind": {k: round(v, 6) for k, v in scores.items()},
+        "n_samples": int(len(y)), "cv_folds": min(CV_FOLDS, len(y)),
+    })
+    return model
+
+
+# -- prediction ----------------------------------------------------------------------------------
+def predict_many(model: dict[str, Any], dims: np.ndarray) -> np.ndarray:
+    family = model["family"]
+    dims = np.asarray(dims, dtype=float)
+    coef = np.asarray(model["linear"], dtype=float)
+    base = _linear_predict(coef, work_terms(family, dims, int(model["dtype_bytes"])))
+    kind = model["kind"]
+    if kind == "linear":
+        return base
+    clamped = np.clip(dims, np.asarray(model["dim_min"]), np.asarray(model["dim_max"]))
+    logd = _log_dims(clamped)
+    corr = _poly_eval(model["poly"], logd) if kind == "poly" else _tree_eval(model["tree"], logd)
+    return base * np.exp(np.clip(corr, -MAX_LOG_CORRECTION, MAX_LOG_CORRECTION))
+
+
+def correction(model: dict[str, Any], dims: Sequence[float]) -> float:
+    """The multiplicative correction over the linear part at `dims` (1 for a linear model)."""
+    if model["kind"] == "linear":
+        return 1.0
+    row = np.asarray([list(dims)], dtype=float)
+    clamped = np.clip(row, np.asarray(model["dim_min"]), np.asarray(model["dim_max"]))
+    logd = _log_dims(clamped)
+    kind = model["kind"]
+    corr = _poly_eval(model["poly"], logd) if kind == "poly" else _tree_eval(model["tree"], logd)
+    return float(np.exp(np.clip(corr[0], -MAX_LOG_CORRECTION, MAX_LOG_CORRECTION)))
+
+
+def predict_from_terms(model: dict[str, Any], terms: Sequence[float], dims: Sequence[float]) -> float:
+    """The linear part on given work terms (GFLOP, GB) times the correction at `dims`: for queries
+    whose work is not a function of the stored dims (attention of several new tokens at once)."""
+    coef = np.asarray(model["linear"], dtype=float)
+    base = float(coef[0] + np.dot(coef[1:], np.asarray(terms, dtype=float)))
+    return base * correction(model, dims)
+
+
+def predict(model: dict[str, Any], dims: Sequence[float]) -> float:
+    return float(predict_many(model, np.asarray([list(dims)], dtype=float))[0])
+
+
+@dataclass(frozen=True)
+class LinkFit:
+    """A link as latency + bytes / rate, read off a fitted link model's linear part."""
+
+    latency_s: float
+    gb_per_s: float
+
+
+def link_parameters(model: dict[str, Any]) -> LinkFit | None:
+    coef = model.get("linear") or []
+    if len(coef) != 2 or coef[1] <= 0:
+        return None
+    return LinkFit(latency_s=float(coef[0]), gb_per_s=1.0 / float(coef[1]))
+
+
+def validate_model(model: Any, where: str) -> None:
+    """One-line errors for a stored model that cannot be evaluated."""
+    if not isinstance(model, dict):
+        raise KvplanError(f"{where}: expected an object")
+    family, kind = model.get("family"), model.get("kind")
+    if family not in FAMILIES:
+        raise KvplanError(f"{where}: unknown family {family!r}")
+    if kind not in KINDS:
+        raise KvplanError(f"{where}: unknown kind {kind!r}")
+    ndim = len(DIMS[family])
+    nlin = 2 if family in ("elementwise", "link") else 3
+    lin = model.get("linear")
+    if not isinstance(lin, list) or len(lin) != nlin or not all(_finite(v) and v >= 0 for v in lin):
+        raise KvplanError(f"{where}: 'linear' must be {nlin} non-negative numbers")
+    for key in ("dim_min", "dim_max"):
+        vals = model.get(key)
+        if not isinstance(vals, list) or len(vals) != ndim or not all(_finite(v) for v in vals):
+            raise KvplanError(f"{where}: '{key}' must be {ndim} numbers")
+    if not _finite(model.get("dtype_bytes")):
+        raise KvplanError(f"{where}: 'dtype_bytes' must be a number")
+    if kind == "poly":
+        _check_poly(model.get("poly"), ndim, where)
+    elif kind == "tree":
+        _check_tree(model.get("tree"), ndim, where)
+
+
+def _check_poly(data: Any, ndim: int, where: str) -> None:
+    ok = isinstance(data, dict) and isinstance(data.get("powers"), list) and isinstance(data.get("coef"), list)
+    ok = ok and _finite(data.get("intercept")) and len(data["powers"]) == len(data["coef"])
+    ok = ok and all(isinstance(p, list) and len(p) == ndim and all(_finite(v) for v in p) for p in data["powers"])
+    if not ok or not all(_finite(c) for c in data["coef"]):
+        raise KvplanError(f"{where}: malformed 'poly' block (powers, coef, intercept)")
+
+
+def _check_tree(data: Any, ndim: int, where: str) -> None:
+    keys = ("children_left", "children_right", "feature", "threshold", "value")
+    if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in keys):
+        raise KvplanError(f"{where}: malformed 'tree' block (needs {', '.join(keys)})")
+    n = len(data["value"])
+    if n == 0 or any(len(data[k]) != n for k in keys):
+        raise KvplanError(f"{where}: 'tree' arrays must have one entry per node")
+    for i in range(n):
+        left, right = data["children_left"][i], data["children_right"][i]
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (left, right, data["feature"][i])):
+            raise KvplanError(f"{where}: 'tree' node {i} has non-integer links")
+        if left != -1 and not (i < left < n and i < right < n and 0 <= data["feature"][i] < ndim):
+            raise KvplanError(f"{where}: 'tree' node {i} points outside the tree")
+        if not (_finite(data["threshold"][i]) and _finite(data["value"][i])):
+            raise KvplanError(f"{where}: 'tree' node {i} has a non-numeric threshold or value")
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)

@@ -1,0 +1,201 @@
+"""Disk probes on the folder where the KV cache will live: host->disk writes and disk->host reads
+past the page cache, so a cached read never poses as a disk read.
+
+Method: O_DIRECT on a page-aligned buffer (an anonymous mmap is page aligned) with page-multiple
+sizes. Where the file system refuses O_DIRECT (tmpfs, some overlay and network file systems), the
+fallback writes with fsync and drops the file's pages with posix_fadvise(DONTNEED) before every
+timed read; the profile records which method was used ("o_direct" or "fadvise_dontneed").
+"""
+
+from __future__ import annotations
+
+import errno
+import mmap
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from planner.errors import KvplanError
+from planner.profiling.compute import Progress, SampleSet
+from planner.profiling.timing import Repeats
+
+PAGE = 4096
+PROBE_FILE = ".kvplan-disk-probe"
+
+
+def check_disk_dir(path: Path, need_bytes: int) -> int:
+    """Free bytes of `path` after checking it exists, is writable and has room; one-line errors."""
+    if not path.exists():
+        raise KvplanError(f"--disk-dir {path} does not exist")
+    if not path.is_dir():
+        raise KvplanError(f"--disk-dir {path} is not a folder")
+    try:  # os.access says yes to root on a read-only mount; creating a file is the real test
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".kvplan-write-test-"):
+            pass
+    except OSError as exc:
+        raise KvplanError(f"--disk-dir {path} is not writable: {exc.strerror}") from exc
+    free = shutil.disk_usage(path).free
+    if free < need_bytes:
+        raise KvplanError(
+            f"--disk-dir {path} has {free / 1e6:.0f} MB free; the disk probe needs {need_bytes / 1e6:.0f} MB"
+        )
+    return free
+
+
+def _open(path: Path, flags: int) -> tuple[int, str]:
+    direct = getattr(os, "O_DIRECT", 0)
+    if direct:
+        try:
+            return os.open(path, flags | direct, 0o600), "o_direct"
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):
+                raise
+    return os.open(path, flags, 0o600), "fadvise_dontneed"
+
+
+def _drop_cache(fd: int) -> None:
+    if hasattr(os, "posix_fadvise"):
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+
+
+def _write_all(fd: int, view: memoryview, offset: int) -> None:
+    done = 0
+    while done < len(view):
+        n = os.pwrite(fd, view[done:], offset + done)
+        if n <= 0:
+            raise OSError(errno.EIO, "short write")
+        done += n
+
+
+def _read_all(fd: int, view: memoryview, offset: int) -> None:
+    done = 0
+    while done < len(view):
+        n = os.preadv(fd, [view[done:]], offset + done)
+        if n <= 0:
+            raise OSError(errno.EIO, "short read")
+        done += n
+
+
+def _median(times: list[float]) -> float:
+    return statistics.median(times)
+
+
+def _time_size(fd: int, view: memoryview, size: int, method: str, reps: Repeats) -> tuple[list[float], list[float]]:
+    """Write then read the first `size` bytes, warmup + min_reps times; (write times, read times)."""
+    wtimes, rtimes = [], []
+    with view[:size] as part:
+        for i in range(reps.warmup + max(reps.min_reps, 1)):
+            t0 = time.perf_counter()
+            _write_all(fd, part, 0)
+            if method != "o_direct":
+                os.fsync(fd)  # buffered writes are only on the disk after fsync
+            t1 = time.perf_counter()
+            if method != "o_direct":
+                _drop_cache(fd)
+            t2 = time.perf_counter()
+            _read_all(fd, part, 0)
+            t3 = time.perf_counter()
+            if method != "o_direct":
+                _drop_cache(fd)
+            if i >= reps.warmup:
+                wtimes.append(t1 - t0)
+                rtimes.append(t3 - t2)
+    return wtimes, rtimes
+
+
+def disk_samples(
+    disk_dir: Path, sizes: Sequence[int], reps: Repeats, budget_s: float, progress: Progress | None = None
+) -> tuple[SampleSet, SampleSet, str]:
+    """(reads, writes, method). Sizes are rounded up to whole pages."""
+    sizes = [max(PAGE, -(-s // PAGE) * PAGE) for s in sizes]
+    largest = max(sizes)
+    path = disk_dir / PROBE_FILE
+    buf = mmap.mmap(-1, largest)
+    view = memoryview(buf)
+    buf.write(os.urandom(min(largest, 1 << 20)) * (largest // min(largest, 1 << 20)))
+    reads: list[list[float]] = []
+    writes: list[list[float]] = []
+    skipped = 0
+    start = time.perf_counter()
+    fd, method = -1, "o_direct"
+    try:
+        fd, method = _open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC)
+        _write_all(fd, view, 0)  # the file the reads come from
+        os.fsync(fd)
+        for size in sizes:
+            if time.perf_counter() - start > budget_s:
+                skipped += 1
+                if progress:
+                    progress(1)
+                continue
+            wtimes, rtimes = _time_size(fd, view, size, method, reps)
+            writes.append([size, _median(wtimes)])
+            reads.append([size, _median(rtimes)])
+            if progress:
+                progress(1)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise KvplanError(f"--disk-dir {disk_dir} filled up during the disk probe") from exc
+        raise KvplanError(f"disk probe on {disk_dir} failed: {exc.strerror or exc}") from exc
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        view.release()
+        buf.close()
+        try:
+            path.unlink()
+        except OSError:
+            pass
+    cols = ["bytes", "time_s"]
+    return SampleSet(cols, reads, skipped), SampleSet(cols, writes, skipped), method
+
+
+def disk_to_device_samples(disk_dir: Path, sizes: Sequence[int], reps: Repeats, budget_s: float) -> SampleSet:
+    """CUDA only: disk -> pinned host buffer -> device, the path streamed KV takes from disk."""
+    import numpy as np
+    import torch
+
+    sizes = [max(PAGE, -(-s // PAGE) * PAGE) for s in sizes]
+    largest = max(sizes)
+    path = disk_dir / PROBE_FILE
+    buf = mmap.mmap(-1, largest)
+    view = memoryview(buf)
+    pinned = torch.empty(largest, dtype=torch.uint8, pin_memory=True)
+    dev = torch.empty(largest, dtype=torch.uint8, device="cuda")
+    rows: list[list[float]] = []
+    start = time.perf_counter()
+    fd = -1
+    try:
+        fd, method = _open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC)
+        _write_all(fd, view, 0)
+        os.fsync(fd)
+        for size in sizes:
+            if time.perf_counter() - start > budget_s:
+                break
+            times = []
+            for _ in range(reps.min_reps):
+                if method != "o_direct":
+                    _drop_cache(fd)
+                t0 = time.perf_counter()
+                _read_all(fd, view[:size], 0)
+                chunk = np.frombuffer(view[:size], dtype=np.uint8)
+                pinned[:size].numpy()[:] = chunk
+                del chunk  # release the export before the mmap is closed
+                dev[:size].copy_(pinned[:size], non_blocking=True)
+                torch.cuda.synchronize()
+                times.append(time.perf_counter() - t0)
+            rows.append([size, _median(times)])
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        view.release()
+        buf.close()
+        try:
+            path.unlink()
+        except OSError:
+            pass
+    return SampleSet(["bytes", "time_s"], rows)

@@ -1,0 +1,199 @@
+"""`measure_profile`: run every probe of a mode on this machine, fit the cost models and return a
+measured profile (the schema of planner/profile.py, kind "measured") as plain data."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from planner.costmodel import fitted
+from planner.errors import KvplanError
+from planner.models import DTYPE_BYTES
+from planner.profile import PROFILE_SCHEMA_VERSION, PROFILES_DIR, profile_from_dict
+from planner.profiling import compute, disk, links, shapes, system
+from planner.profiling.compute import SampleSet
+from planner.profiling.modes import Mode, get_mode
+
+# progress(label, total) -> advance(n): how the CLI shows a bar per probe family
+ProgressFactory = Callable[[str, int], Callable[[int], None]]
+
+DEFAULT_DISK_DIR = Path(tempfile.gettempdir()) / "kvplan-kvcache"
+
+
+def default_output_path(device: system.DeviceInfo) -> Path:
+    """profiles/local-<host>-<device>.json; <device> is "cpu" or the GPU's name as a slug."""
+    dev = "cpu" if device.type == "cpu" else system.slug(device.name)
+    return PROFILES_DIR / f"local-{system.slug(system.host_name())}-{dev}.json"
+
+
+def _noop_progress(label: str, total: int) -> Callable[[int], None]:
+    return lambda n: None
+
+
+def _rate_tflops(samples: SampleSet) -> float:
+    return max(2.0 * m * n * k / t for m, n, k, t in samples.rows) / 1e12
+
+
+def _link_entry(model: dict[str, Any], samples: SampleSet) -> dict[str, float]:
+    """Link rate and latency from the fitted line; the best observed rate if the line is degenerate."""
+    params = fitted.link_parameters(model)
+    best = max(b / t for b, t in samples.rows) / 1e9
+    if params is None:
+        return {"gb_per_s": round(best, 4), "latency_s": 0.0}
+    return {"gb_per_s": round(params.gb_per_s, 4), "latency_s": round(params.latency_s, 9)}
+
+
+def _fit(family: str, samples: SampleSet, dtype_bytes: int = 1) -> dict[str, Any]:
+    if len(samples.rows) < 3:
+        raise KvplanError(f"too few {family} samples to fit a model ({len(samples.rows)}); try a longer mode")
+    return fitted.fit(family, samples.rows, dtype_bytes)
+
+
+def measure_profile(
+    mode: str | Mode = "quick",
+    disk_dir: str | Path | None = None,
+    force_cpu: bool = False,
+    progress: ProgressFactory | None = None,
+) -> dict[str, Any]:
+    """Probe this machine and return a validated measured profile (plain data, nothing written)."""
+    import torch
+
+    m = get_mode(mode) if isinstance(mode, str) else mode
+    progress = progress or _noop_progress
+    if disk_dir is None:
+        disk_path = DEFAULT_DISK_DIR
+        try:
+            disk_path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise KvplanError(f"cannot create the default disk folder {disk_path}: {exc.strerror}") from exc
+    else:
+        disk_path = Path(disk_dir)
+    disk_sizes = shapes.transfer_sizes(m, m.disk_max_bytes)
+    disk_free = disk.check_disk_dir(disk_path, max(disk_sizes) + (16 << 20))
+
+    device = system.detect_device(force_cpu=force_cpu)
+    dev = device.type  # torch device string
+    samples: dict[str, SampleSet] = {}
+    reps = m.repeats
+
+    # -- compute on the device ---------------------------------------------------------------
+    gemm_shapes = shapes.gemm_shapes(m)
+    for dtype in m.dtypes:
+        budget = m.budget_s["gemm"] / len(m.dtypes)
+        samples[f"gemm.device.{dtype}"] = compute.gemm_samples(
+            gemm_shapes, dtype, dev, reps, budget, progress(f"GEMM {dtype} on {dev}", len(gemm_shapes)))
+    att_shapes = shapes.attention_shapes(m)
+    for dtype in m.dtypes:
+        budget = m.budget_s["attention"] / len(m.dtypes)
+        samples[f"attention.device.{dtype}"] = compute.attention_samples(
+            att_shapes, dtype, dev, reps, budget, progress(f"attention {dtype} on {dev}", len(att_shapes)))
+    ew = shapes.elementwise_shapes(m)
+    samples["elementwise.device"] = compute.elementwise_samples(
+        ew, dev, reps, m.budget_s["elementwise"], progress(f"MLP activation on {dev}", len(ew)))
+
+    # -- the CPU as a helper (only a separate processor when there is a GPU) -------------------
+    if dev == "cuda":
+        cpu_dtypes = m.dtypes[:2]
+        for dtype in cpu_dtypes:
+            budget = m.budget_s["cpu"] / (2 * len(cpu_dtypes))
+            samples[f"gemm.cpu.{dtype}"] = compute.gemm_samples(
+                gemm_shapes, dtype, "cpu", reps, budget, progress(f"GEMM {dtype} on cpu", len(gemm_shapes)))
+            samples[f"attention.cpu.{dtype}"] = compute.attention_samples(
+                att_shapes, dtype, "cpu", reps, budget, progress(f"attention {dtype} on cpu", len(att_shapes)))
+
+    # -- links -------------------------------------------------------------------------------
+    mem_sizes = shapes.transfer_sizes(m, m.link_max_bytes)
+    samples["link.host_memcpy"] = links.host_memcpy_samples(
+        mem_sizes, reps, m.budget_s["link"] / 3, progress("host memcpy", len(mem_sizes)))
+    if dev == "cuda":
+        for name, direction, pinned in (("h2d", "h2d", True), ("d2h", "d2h", True),
+                                        ("h2d_pageable", "h2d", False), ("d2h_pageable", "d2h", False)):
+            samples[f"link.{name}"] = links.cuda_copy_samples(
+                direction, pinned, mem_sizes, reps, m.budget_s["link"] / 6, progress(name, len(mem_sizes)))
+    reads, writes, method = disk.disk_samples(
+        disk_path, disk_sizes, reps, m.budget_s["disk"], progress(f"disk read+write ({disk_path})", len(disk_sizes)))
+    samples["link.disk_read"], samples["link.disk_write"] = reads, writes
+    if dev == "cuda":
+        samples["link.disk_to_device"] = disk.disk_to_device_samples(disk_path, disk_sizes, reps,
+                                                                     m.budget_s["disk"] / 3)
+
+    # -- fits --------------------------------------------------------------------------------
+    advance = progress("fitting cost models", len(samples))
+    models: dict[str, dict[str, Any]] = {}
+    for key, s in samples.items():
+        family = key.split(".")[0]
+        dtype_bytes = DTYPE_BYTES.get(key.split(".")[-1], 1)
+        models[key] = _fit(family, s, dtype_bytes)
+        advance(1)
+
+    return _assemble(m, device, disk_path, disk_free, method, samples, models, torch.__version__,
+                     torch.get_num_threads())
+
+
+def _assemble(
+    m: Mode, device: system.DeviceInfo, disk_path: Path, disk_free: int, disk_method: str,
+    samples: dict[str, SampleSet], models: dict[str, dict[str, Any]], torch_version: str, threads: int,
+) -> dict[str, Any]:
+    cpu_only = device.type == "cpu"
+    peak = {d: round(_rate_tflops(samples[f"gemm.device.{d}"]), 6) for d in m.dtypes}
+    if cpu_only:
+        host_peak = dict(peak)
+    else:
+        host_peak = {d: round(_rate_tflops(samples[f"gemm.cpu.{d}"]), 6)
+                     for d in m.dtypes[:2] if f"gemm.cpu.{d}" in samples}
+    link_entries = {name: _link_entry(models[f"link.{name}"], samples[f"link.{name}"])
+                    for name in ("host_memcpy", "disk_read", "disk_write")}
+    host_mem_gb_per_s = round(2 * link_entries["host_memcpy"]["gb_per_s"], 4)  # memcpy reads + writes
+    if cpu_only:
+        # the host is the device: "h2d"/"d2h" are host memcpys (planner/profile.py)
+        for name in ("h2d", "d2h"):
+            link_entries[name] = dict(link_entries["host_memcpy"])
+            models[f"link.{name}"] = dict(models["link.host_memcpy"])
+        device_mem_gb_per_s = host_mem_gb_per_s
+    else:
+        for name in ("h2d", "d2h", "h2d_pageable", "d2h_pageable"):
+            link_entries[name] = _link_entry(models[f"link.{name}"], samples[f"link.{name}"])
+        device_mem_gb_per_s = round(links.cuda_device_copy_gb_per_s(256 << 20, m.repeats), 4)
+    host_name = system.host_name()
+    dev_label = "cpu" if cpu_only else system.slug(device.name)
+    host_memory = system.available_memory_bytes()
+    data: dict[str, Any] = {
+        "schema_version": PROFILE_SCHEMA_VERSION,
+        "kind": "measured",
+        "name": f"local-{system.slug(host_name)}-{dev_label}",
+        "description": f"measured on {host_name} by 'kvplan profile' ({m.name} mode)",
+        "device": {
+            "type": device.type,
+            "name": device.name,
+            "memory_bytes": host_memory if cpu_only else device.memory_bytes,
+            "memory_gb_per_s": device_mem_gb_per_s,
+            "peak_tflops": peak,
+        },
+        "host": {
+            "cores": system.cpu_cores(),
+            "name": system.cpu_name(),
+            "memory_bytes": host_memory,
+            "memory_gb_per_s": host_mem_gb_per_s,
+            "peak_tflops": host_peak or {"float32": peak.get("float32", 0.1)},
+            "shared_with_device": cpu_only,
+        },
+        "disk": {"free_bytes": int(disk_free), "path": str(disk_path.resolve()), "method": disk_method},
+        "links": link_entries,
+        "cost_models": models,
+        "samples": {k: s.to_dict() for k, s in samples.items()},
+        "measurement": {
+            "mode": m.name,
+            "torch_version": torch_version,
+            "torch_threads": threads,
+            "disk_method": disk_method,
+            "peak_tflops_note": "best achieved rate over the probed GEMM shapes, not a datasheet peak",
+            "memory_gb_per_s_note": "2 x the sustained copy rate (a copy reads and writes every byte)",
+        },
+    }
+    if device.type == "cuda":
+        data["pcie"] = {"generation": device.pcie_generation, "width": device.pcie_width}
+        data["device"]["compute_capability"] = device.compute_capability
+    profile_from_dict(data, origin="measured")  # never hand out a profile the planner would refuse
+    return data

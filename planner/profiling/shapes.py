@@ -1,0 +1,71 @@
+"""Probe sizes taken from the catalog models' real shapes: the projection GEMMs of a decode step
+and of KV recompute (planner.layer_costs), attention of one new token over long contexts, the
+activation of the MLP, and one layer's KV and X as transfer sizes."""
+
+from __future__ import annotations
+
+from planner.layer_costs import kv_bytes_per_token, layer_gemms, recompute_gemm, x_bytes_per_token
+from planner.models import CATALOG, ModelConfig
+from planner.profiling.modes import Mode
+
+F32 = 4
+PAGE = 4096
+
+
+def _models(names: tuple[str, ...]) -> list[ModelConfig]:
+    return [CATALOG[n] for n in names]
+
+
+def gemm_shapes(mode: Mode) -> list[tuple[int, int, int]]:
+    """(m, n, k) of every projection and of the KV recompute, for each model and token count;
+    cheapest first so a time budget cuts the biggest ones."""
+    shapes: set[tuple[int, int, int]] = set()
+    for model in _models(mode.gemm_models):
+        for tokens in mode.gemm_tokens:
+            gemms = list(layer_gemms(model, tokens).values()) + [recompute_gemm(model, tokens)]
+            for g in gemms:
+                if g.n * g.k * F32 <= mode.gemm_max_weight_bytes:
+                    shapes.add((g.m, g.n, g.k))
+    return sorted(shapes, key=lambda s: (s[0] * s[1] * s[2], s))
+
+
+def attention_shapes(mode: Mode) -> list[tuple[int, int, int, int, int]]:
+    """(batch, context, heads, kv_heads, head_dim) of one decode step's attention."""
+    shapes: set[tuple[int, int, int, int, int]] = set()
+    for model in _models(mode.attention_models):
+        for context in mode.attention_contexts:
+            for batch in mode.attention_batches:
+                kv = 2 * batch * context * model.kv_dim * F32
+                if kv <= mode.attention_max_kv_bytes:
+                    shapes.add((batch, context, model.num_heads, model.num_kv_heads, model.head_dim))
+    return sorted(shapes, key=lambda s: (s[0] * s[1] * s[2] * s[4], s))
+
+
+def elementwise_shapes(mode: Mode) -> list[tuple[int, bool]]:
+    """(elements, gated) of the MLP activation for `rows` tokens of each GEMM model."""
+    shapes: set[tuple[int, bool]] = set()
+    for model in _models(mode.gemm_models):
+        for tokens in mode.gemm_tokens:
+            numel = tokens * model.intermediate_size
+            if numel * 3 * F32 <= mode.link_max_bytes:
+                shapes.add((numel, model.gated_mlp))
+    return sorted(shapes)
+
+
+def transfer_sizes(mode: Mode, max_bytes: int) -> list[int]:
+    """Bytes of one layer's K,V and X for the attention models at several contexts and batches,
+    spread over the range and rounded up to whole pages (O_DIRECT needs aligned sizes)."""
+    sizes: set[int] = set()
+    for model in _models(mode.attention_models + mode.gemm_models):
+        for context in mode.attention_contexts + mode.gemm_tokens:
+            for batch in mode.attention_batches:
+                for per_token in (kv_bytes_per_token(model, "float32"), x_bytes_per_token(model, "float32")):
+                    n = batch * context * per_token
+                    if PAGE <= n <= max_bytes:
+                        sizes.add(-(-n // PAGE) * PAGE)
+    ordered = sorted(sizes)
+    if len(ordered) <= mode.link_sizes:
+        return ordered
+    # keep sizes spread evenly in log space, always including the smallest and the largest
+    step = (len(ordered) - 1) / (mode.link_sizes - 1)
+    return sorted({ordered[round(i * step)] for i in range(mode.link_sizes)})

@@ -1,0 +1,101 @@
+"""`kvplan profile` as a user runs it: a valid measured profile, nothing half-written, one-line errors."""
+
+import json
+
+import pytest
+
+from planner.costmodel import CostModel
+from planner.layer_costs import layer_gemms
+from planner.models import load_model
+from planner.profile import load_profile, profile_from_dict
+
+
+def test_smoke_profile_is_a_valid_measured_profile(local_profile_path):
+    profile = load_profile(local_profile_path)
+    data = profile.data
+    assert profile.kind == "measured" and profile.device_type == "cpu"
+    assert profile.host_is_device and data["host"]["shared_with_device"] is True
+    assert profile.device_memory_bytes == profile.host_memory_bytes > 0
+    assert profile.device_peak_tflops["float32"] > 0
+    assert data["disk"]["method"] in ("o_direct", "fadvise_dontneed")
+    assert data["disk"]["free_bytes"] > 0
+    # the host is the device: h2d/d2h are the host memcpy
+    assert data["links"]["h2d"] == data["links"]["host_memcpy"]
+    for link in ("h2d", "d2h", "disk_read", "disk_write", "host_memcpy"):
+        assert profile.links[link].gb_per_s > 0
+    for key in ("gemm.device.float32", "attention.device.float32", "elementwise.device",
+                "link.disk_read", "link.disk_write", "link.host_memcpy"):
+        model = data["cost_models"][key]
+        assert model["kind"] in ("linear", "poly", "tree")
+        assert 0 <= model["cv_mape"] < 5
+        assert len(data["samples"][key]["rows"]) == model["n_samples"] >= 3
+    # plain data only: the profile round-trips through JSON unchanged
+    assert json.loads(json.dumps(data)) == data
+
+
+def test_measured_profile_answers_from_its_fitted_models(local_profile_path):
+    cost = CostModel(load_profile(local_profile_path))
+    assert cost.source("gemm", "device", "float32").startswith("fitted:")
+    assert cost.source("gemm", "cpu", "float32").startswith("fitted:")  # the CPU is the device here
+    assert cost.source("link", "disk_read").startswith("fitted:")
+    model = load_model("llama-2-13b")
+    small = cost.gemm_s(layer_gemms(model, 1)["mlp_up"], "float32")
+    big = cost.gemm_s(layer_gemms(model, 4096)["mlp_up"], "float32")
+    assert 0 < small < big
+    assert cost.transfer_s("disk_read", 1 << 30) > cost.transfer_s("disk_read", 1 << 20) > 0
+
+
+def test_profile_json_summary(run_cli, tmp_path):
+    out = tmp_path / "p.json"
+    result = run_cli("profile", "--smoke", "--cpu", "--disk-dir", tmp_path, "-o", out, "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["path"] == str(out) and summary["mode"] == "smoke"
+    assert set(summary["cost_models"]) == set(json.loads(out.read_text())["cost_models"])
+    assert not list(tmp_path.glob(".kvplan-disk-probe*")) and not list(tmp_path.glob(".p.json.*"))
+
+
+@pytest.mark.parametrize("make_bad", ["missing", "file"])
+def test_bad_disk_dir_is_one_line_error(run_cli, tmp_path, make_bad):
+    target = tmp_path / "nope"
+    if make_bad == "file":
+        target.write_text("x")
+    out = tmp_path / "p.json"
+    result = run_cli("profile", "--smoke", "--cpu", "--disk-dir", target, "-o", out)
+    assert result.exit_code == 2
+    assert result.stderr.count("\n") == 1 and "--disk-dir" in result.stderr
+    assert not out.exists()
+
+
+def test_full_disk_dir_is_one_line_error(run_cli, tmp_path, monkeypatch):
+    import shutil
+
+    from planner.profiling import disk
+
+    monkeypatch.setattr(disk.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10 << 30, 10 << 30, 1 << 20))
+    result = run_cli("profile", "--smoke", "--cpu", "--disk-dir", tmp_path, "-o", tmp_path / "p.json")
+    assert result.exit_code == 2 and "MB free" in result.stderr
+    assert not (tmp_path / "p.json").exists()
+
+
+@pytest.mark.parametrize("failure", [KeyboardInterrupt, OSError])
+def test_interrupt_or_failure_leaves_no_profile(run_cli, tmp_path, monkeypatch, failure):
+    from planner.profiling import measure
+
+    def boom(*args, **kwargs):
+        raise failure()
+
+    monkeypatch.setattr(measure.links, "host_memcpy_samples", boom)
+    out = tmp_path / "p.json"
+    out.write_text("previous profile")
+    result = run_cli("profile", "--smoke", "--cpu", "--disk-dir", tmp_path, "-o", out)
+    assert result.exit_code == (130 if failure is KeyboardInterrupt else 2)
+    assert out.read_text() == "previous profile"  # the old file is untouched, no partial one
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.json"]
+
+
+def test_profile_validation_rejects_malformed_cost_models(local_profile_path):
+    data = json.loads(local_profile_path.read_text())
+    data["cost_models"]["gemm.device.float32"]["linear"] = [1.0, -2.0]
+    with pytest.raises(Exception, match="linear"):
+        profile_from_dict(data, "x")
