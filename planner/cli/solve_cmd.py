@@ -1,13 +1,154 @@
-"""`kvplan solve` (placeholder while it is being built; replaced by its real module)."""
+"""`kvplan solve`: one MILP per (model, hardware, context) that writes the JSON execution plan."""
 
 from __future__ import annotations
 
+import re
+import time
+from pathlib import Path
+
 import click
 
+from planner.cli.output import echo_json
 from planner.errors import KvplanError
+from planner.models import load_model
+from planner.plan import save_plan
+from planner.profile import find_local_profile, load_profile
+from planner.search import SolveRequest, solve
+from planner.search.request import MAX_BATCH, REQUEST_STRATEGIES
+
+_SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1e9, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9, "t": 1e12, "tb": 1e12,
+          "ki": 2**10, "kib": 2**10, "mi": 2**20, "mib": 2**20, "gi": 2**30, "gib": 2**30, "ti": 2**40, "tib": 2**40}
 
 
-@click.command("solve", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-def command() -> None:
-    """(not built yet)"""
-    raise KvplanError("'kvplan solve' is not built yet")
+def parse_size(text: str | None, option: str) -> int | None:
+    """'24GB' / '24G' (1e9), '24GiB' (2**30), '512MB', or a bare number of GB."""
+    if text is None:
+        return None
+    m = _SIZE.match(text)
+    if not m:
+        raise KvplanError(f"{option} must be a size like 24GB, 24GiB or 512MB, got {text!r}")
+    value = float(m.group(1)) * _UNITS[(m.group(2) or "").lower()]
+    if value > 1e16:
+        raise KvplanError(f"{option} {text!r} is absurdly large")
+    return int(value)
+
+
+def parse_batch(text: str) -> int | None:
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise KvplanError(f"--batch must be 'auto' or an integer, got {text!r}") from None
+    if not 1 <= value <= MAX_BATCH:
+        raise KvplanError(f"--batch must be 'auto' or an integer in [1, {MAX_BATCH}], got {value}")
+    return value
+
+
+def resolve_profile(profile_path: str | None, gpu: str | None):
+    if profile_path is None and gpu is None:
+        local = find_local_profile()
+        if local is None:
+            raise KvplanError("no hardware profile: run 'kvplan profile' to measure this machine, or pass --gpu NAME "
+                              "(see 'kvplan gpus') or --profile FILE")
+        return load_profile(local)
+    return load_profile(profile_path, gpu)
+
+
+def default_plan_path(plan: dict) -> Path:
+    inp = plan["inputs"]
+    parts = [inp["model"], plan["hardware"]["profile_name"], f"s{inp['seq']}", f"g{inp['gen']}", f"b{inp['batch']}"]
+    if inp["strategy"] != "auto":
+        parts.append(inp["strategy"])
+    if inp["objective"] != "throughput":
+        parts.append(inp["objective"])
+    name = "-".join(str(p) for p in parts)
+    return Path("plans") / (re.sub(r"[^A-Za-z0-9._-]+", "_", name) + ".json")
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:+.1f}%"
+
+
+def summary_lines(plan: dict) -> list[str]:
+    d, p = plan["decisions"], plan["prediction"]
+    seq = plan["inputs"]["seq"]
+    lines = [
+        f"{plan['inputs']['model']} on {plan['hardware']['profile_name']}: seq {seq} (prompt "
+        f"{plan['inputs']['prompt']} + gen {plan['inputs']['gen']}), {d['dtype']}, objective "
+        f"{plan['inputs']['objective']}",
+        f"  strategy {d['strategy']}: batch {d['batch']} = {d['num_gpu_batches']} x {d['gpu_batch']}, split "
+        f"{d['split_tokens']} tokens ({100 * d['split_tokens'] / seq:.1f}%), attention on {d['attention_where']}",
+        "  K,V  " + _tiers(d["kv_placement"]) + "   X  " + _tiers(d["x_placement"]) + "   weights  "
+        + _tiers(d["weight_placement"]),
+        f"  decode step {p['decode_step_s'] * 1e3:.2f} ms (bound by {p['timeline']['bound_by']}), prefill "
+        f"{p['prefill_s']:.3f} s, throughput {p['throughput_tokens_per_s']:.1f} tok/s",
+    ]
+    g = p.get("gain_over_best_pinned")
+    if g:
+        lines.append(f"  vs best pinned ({g['strategy']}): throughput {_pct(g['throughput_pct'])}, decode step "
+                     f"{_pct(-g['decode_step_pct'])}")
+    t = p.get("gain_over_transfer")
+    if t:
+        lines.append(f"  vs transfer (FlexGen-style): throughput {_pct(t['throughput_pct'])}, decode step "
+                     f"{_pct(-t['decode_step_pct'])}")
+    lb = plan["lower_bound"]
+    if lb.get("distance") is not None:
+        lines.append(f"  lower bound {lb['step_s'] * 1e3:.2f} ms ({lb['bound_by']}); plan at {lb['distance']:.2f}x")
+    return lines
+
+
+def _tiers(frac: dict[str, float]) -> str:
+    return "/".join(f"{100 * frac[t]:.0f}" for t in ("device", "host", "disk")) + "%"
+
+
+@click.command("solve")
+@click.option("--model", "model_name", required=True, help="Model name, alias, or a Hugging Face config.json.")
+@click.option("--seq", type=int, required=True, help="Context length at the end of generation (prompt + gen).")
+@click.option("--gen", type=int, default=128, show_default=True, help="Tokens to generate per sequence.")
+@click.option("--prompt", type=int, default=None, help="Prompt tokens (default: seq - gen).")
+@click.option("--batch", "batch_text", default="auto", show_default=True, help="Batch size, or 'auto'.")
+@click.option("--profile", "profile_path", type=click.Path(dir_okay=False), default=None,
+              help="Hardware profile JSON (from 'kvplan profile').")
+@click.option("--gpu", default=None, help="Datasheet profile by GPU name (see 'kvplan gpus').")
+@click.option("--objective", type=click.Choice(["throughput", "latency"]), default="throughput", show_default=True)
+@click.option("--strategy", type=click.Choice(list(REQUEST_STRATEGIES)), default="auto", show_default=True,
+              help="Pin one strategy as a baseline; auto searches them all.")
+@click.option("--dtype", type=click.Choice(["float16", "bfloat16", "float32"]), default=None,
+              help="Default: the model's dtype on a GPU, float32 on a CPU-only profile.")
+@click.option("--gpu-mem", "gpu_mem", default=None, help="Cap on device memory, e.g. 24GB.")
+@click.option("--cpu-mem", "cpu_mem", default=None, help="Cap on host memory, e.g. 64GB.")
+@click.option("--disk", "disk", default=None, help="Cap on disk space, e.g. 500GB.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="Plan file (default: plans/<model>-<hardware>-s<seq>-g<gen>-b<batch>.json).")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan JSON on stdout (the file is written too).")
+def command(model_name: str, seq: int, gen: int, prompt: int | None, batch_text: str, profile_path: str | None,
+            gpu: str | None, objective: str, strategy: str, dtype: str | None, gpu_mem: str | None,
+            cpu_mem: str | None, disk: str | None, output: str | None, as_json: bool) -> None:
+    """Solve for the best execution plan of MODEL at context SEQ and write it as JSON."""
+    if seq <= 0:
+        raise KvplanError(f"--seq must be a positive number of tokens, got {seq}")
+    if gen <= 0 or gen >= seq:
+        raise KvplanError(f"--gen must be in [1, seq - 1] = [1, {seq - 1}], got {gen}")
+    request = SolveRequest(
+        model=load_model(model_name), seq=seq, gen=gen, prompt=prompt, batch=parse_batch(batch_text),
+        objective=objective, strategy=strategy, dtype=dtype, gpu_mem_bytes=parse_size(gpu_mem, "--gpu-mem"),
+        cpu_mem_bytes=parse_size(cpu_mem, "--cpu-mem"), disk_bytes=parse_size(disk, "--disk"),
+    )
+    profile = resolve_profile(profile_path, gpu)
+    start = time.perf_counter()
+    plan = solve(request, profile)
+    solve_s = time.perf_counter() - start
+    for warning in plan["warnings"]:
+        click.echo(f"Warning: {warning}", err=True)
+    path = Path(output) if output else default_plan_path(plan)
+    save_plan(path, plan)
+    if as_json:
+        echo_json(plan)
+        click.echo(f"wrote {path} (solved in {solve_s * 1e3:.0f} ms)", err=True)
+        return
+    for line in summary_lines(plan):
+        click.echo(line)
+    click.echo(f"wrote {path} (solver {plan['solver']['name']} {plan['solver']['status']}, "
+               f"{solve_s * 1e3:.0f} ms with the 4 pinned baselines)")

@@ -1,0 +1,13 @@
+"""The planner: one MILP per (model, hardware, context) that emits the execution plan.
+
+Public API (the cross-team contract):
+    from planner.search import SolveRequest, solve, evaluate, Infeasible
+"""
+
+from __future__ import annotations
+
+from planner.search.evaluate import evaluate
+from planner.search.request import Infeasible, SolveRequest
+from planner.search.solve import solve
+
+__all__ = ["SolveRequest", "solve", "evaluate", "Infeasible"]

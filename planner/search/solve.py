@@ -1,0 +1,289 @@
+"""`solve(request, profile)`: the MILP for the request, its re-evaluation, the pinned baselines and
+the plan object (docs/plan-schema.md)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from planner.layer_costs import (
+    embedding_params,
+    kv_bytes_per_token,
+    layer_weight_bytes,
+    recompute_saves_bytes,
+    x_bytes_per_token,
+)
+from planner.models import DTYPE_BYTES
+from planner.plan import PLAN_SCHEMA_VERSION, Decisions, plan_from_dict
+from planner.profile import Profile
+from planner.search.evaluate import cost_model_for, evaluate
+from planner.search.formulation import (
+    Coeffs,
+    Combo,
+    Setting,
+    activation_bytes,
+    coefficients,
+    combos_for,
+    pinned_zero,
+    stream_buffer_bytes,
+)
+from planner.search.ilp import IlpResult, solve_milp
+from planner.search.request import PINNED_STRATEGIES, Infeasible, SolveRequest, resolve_dtype, validate_request
+
+# Headroom for what the planner does not model: the CUDA context and allocator fragmentation on a
+# GPU; the operating system and the Python process on a CPU-only machine (docs/planner.md, "Memory").
+DEVICE_HEADROOM = 0.95
+CPU_POOL_HEADROOM = 0.85
+
+
+@dataclass(frozen=True)
+class StrategyResult:
+    decisions: Decisions
+    prediction: dict[str, Any]
+    ilp: IlpResult
+    combos: int
+
+
+def capacities(req: SolveRequest, profile: Profile) -> dict[str, int]:
+    """Usable bytes per tier: the profile's memory (less headroom), capped by the user's caps."""
+    def capped(avail: float, cap: int | None) -> int:
+        return int(avail if cap is None else min(avail, cap))
+
+    disk = capped(profile.disk_free_bytes, req.disk_bytes)
+    if profile.host_is_device:
+        pool = min(profile.device_memory_bytes, profile.host_memory_bytes) * CPU_POOL_HEADROOM
+        pool = capped(pool, req.gpu_mem_bytes)
+        pool = capped(pool, req.cpu_mem_bytes)
+        return {"device": pool, "host": 0, "disk": disk}
+    return {
+        "device": capped(profile.device_memory_bytes * DEVICE_HEADROOM, req.gpu_mem_bytes),
+        "host": capped(profile.host_memory_bytes, req.cpu_mem_bytes),
+        "disk": disk,
+    }
+
+
+def _gb(n: float) -> str:
+    v = n / 1e9
+    return f"{v:.0f} GB" if v >= 10 else f"{v:.1f} GB" if v >= 0.1 else f"{v:.3f} GB"
+
+
+def _fractions(parts: dict[str, float]) -> dict[str, float]:
+    """Three tier fractions rounded to 6 decimals that sum to exactly 1 (device first if empty)."""
+    total = sum(parts.values())
+    if total <= 1e-12:
+        return {"device": 1.0, "host": 0.0, "disk": 0.0}
+    out = {t: round(max(0.0, v) / total, 6) for t, v in parts.items()}
+    largest = max(out, key=lambda t: (out[t], t))
+    out[largest] = round(1.0 - sum(v for t, v in out.items() if t != largest), 6)
+    return out
+
+
+def strategy_label(split: int, kv: dict[str, float], x: dict[str, float], where: str) -> str:
+    if where == "cpu":
+        return "cpu-attention"
+    if split == 0 and kv["device"] == 1.0:
+        return "resident"
+    if split == 0 and kv["device"] == 0.0:
+        return "transfer"
+    if split > 0 and kv["device"] == 0.0 and x["device"] == 0.0:
+        return "recompute"
+    return "mixed"
+
+
+def decisions_from_values(st: Setting, combo: Combo, values: dict[str, float]) -> Decisions:
+    seq = st.seq
+    x_tot = values["xd"] + values["xh"] + values["xk"]
+    split = min(seq, max(0, round(x_tot * seq)))
+    x = _fractions({"device": values["xd"], "host": values["xh"], "disk": values["xk"]}) if split else \
+        {"device": 1.0, "host": 0.0, "disk": 0.0}
+    kv = _fractions({"device": values["kd"], "host": values["kh"], "disk": values["kk"]}) if split < seq else \
+        {"device": 1.0, "host": 0.0, "disk": 0.0}
+    L = st.model.num_layers
+    nd, nh = round(values["nd"]), round(values["nh"])
+    nk = L - nd - nh
+    w = {"device": round(nd / L, 6), "host": round(nh / L, 6), "disk": round(nk / L, 6)}
+    w = _fractions(w)
+    return Decisions(
+        strategy=strategy_label(split, kv, x, combo.attention_where), dtype=st.dtype, batch=combo.batch,
+        gpu_batch=combo.gpu_batch, num_gpu_batches=combo.num_gpu_batches, split_tokens=split,
+        kv_placement=kv, x_placement=x, weight_placement=w, attention_where=combo.attention_where,
+    )
+
+
+def _diagnose(st: Setting, req: SolveRequest, strategy: str, caps: dict[str, int], combos: list[Combo]) -> str:
+    """Why nothing fits: the smallest footprint of this strategy against what is available."""
+    m, dt = st.model, st.dtype
+    if not combos:
+        if strategy == "cpu-attention" and st.host_is_device:
+            return "cpu-attention needs a host CPU beside the device; on a CPU-only profile attention already " \
+                   "runs on the device (the CPU)"
+        return f"no candidate batch for strategy {strategy}"
+    L = m.num_layers
+    W = layer_weight_bytes(m, dt)
+    kvpt = kv_bytes_per_token(m, dt)
+    per_tok = kvpt
+    if strategy in ("auto", "recompute") and recompute_saves_bytes(m):
+        per_tok = min(kvpt, x_bytes_per_token(m, dt))
+    small = min(combos, key=lambda c: (c.batch, c.gpu_batch))
+    b = small.batch
+    kv_all = L * b * st.seq * per_tok
+    weights = L * W
+    emb = embedding_params(m) * DTYPE_BYTES[dt]
+    act = activation_bytes(m, dt, small, st.prompt)
+    what = f"{m.name} {dt}, batch {b}, seq {st.seq}"
+    dev_cap = caps["device"]
+    dev_word = "memory" if st.host_is_device else "device memory"
+    if strategy == "resident":
+        need = emb + act + kv_all + min(weights, 2 * W)
+        return (f"resident K,V needs {_gb(need)} of {dev_word} (K,V {_gb(kv_all)}, embeddings and working "
+                f"buffers {_gb(emb + act)}, one streamed layer of weights) for {what}; {_gb(dev_cap)} available")
+    dev_min = emb + act + 2 * W + stream_buffer_bytes(m, dt, small, st.seq)
+    if dev_min > dev_cap:
+        return (f"needs {_gb(dev_min)} of {dev_word} for embeddings, working and staging buffers ({what}); "
+                f"{_gb(dev_cap)} available")
+    total = weights + kv_all
+    room = (dev_cap - dev_min) + caps["host"] + caps["disk"]
+    if total > room:
+        if st.host_is_device:
+            return (f"needs {_gb(total - (dev_cap - dev_min))} of disk for weights {_gb(weights)} + K,V "
+                    f"{_gb(kv_all)} ({what}); {_gb(caps['disk'])} available")
+        missing_host = total - (dev_cap - dev_min) - caps["disk"]
+        return (f"needs {_gb(missing_host)} of host memory, {_gb(caps['host'])} available (weights {_gb(weights)} + "
+                f"K,V {_gb(kv_all)} for {what}; device {_gb(dev_cap)}, disk {_gb(caps['disk'])})")
+    return f"no placement of weights {_gb(weights)} and K,V {_gb(kv_all)} fits ({what})"
+
+
+def solve_strategy(req: SolveRequest, st: Setting, profile: Profile, strategy: str,
+                   caps: dict[str, int], cache: dict[Combo, Coeffs] | None = None) -> StrategyResult:
+    """The MILP with `strategy` pinned ("auto": nothing pinned), re-evaluated with the full models."""
+    cost = cost_model_for(profile)
+    combos = combos_for(req.batch, profile.host_is_device, strategy)
+    cache = {} if cache is None else cache
+    coeffs = []
+    zeros = []
+    for combo in combos:
+        co = cache.get(combo)
+        if co is None:
+            co = cache[combo] = coefficients(st, combo, cost, profile)
+        zero = pinned_zero(strategy, combo, profile.host_is_device)
+        # skip combos whose fixed device memory alone exceeds the device (keeps the MILP small)
+        if co.memory["device"].const > caps["device"]:
+            continue
+        coeffs.append(co)
+        zeros.append(zero)
+    if not coeffs:
+        raise Infeasible(_diagnose(st, req, strategy, caps, combos))
+    result = solve_milp(coeffs, zeros, st.model.num_layers, {t: float(c) for t, c in caps.items()}, req.grid)
+    if result.index is None:
+        raise Infeasible(_diagnose(st, req, strategy, caps, combos))
+    combo = coeffs[result.index].combo
+    decisions = decisions_from_values(st, combo, result.values)
+    inputs = {"seq": st.seq, "prompt": st.prompt, "gen": st.gen, "objective": st.objective}
+    prediction = evaluate(st.model, inputs, decisions, profile)
+    return StrategyResult(decisions, prediction, result, len(coeffs))
+
+
+def _better(a: dict[str, Any], b: dict[str, Any], objective: str) -> bool:
+    """Is prediction a strictly better than b for the objective?"""
+    if objective == "throughput":
+        return a["throughput_tokens_per_s"] > b["throughput_tokens_per_s"] * (1 + 1e-9)
+    return a["decode_step_s"] < b["decode_step_s"] * (1 - 1e-9)
+
+
+def _gain(pred: dict[str, Any], base: dict[str, Any], name: str) -> dict[str, Any]:
+    return {
+        "strategy": name,
+        "throughput_pct": round(100.0 * (pred["throughput_tokens_per_s"] / base["throughput_tokens_per_s"] - 1), 3),
+        "decode_step_pct": round(100.0 * (1 - pred["decode_step_s"] / base["decode_step_s"]), 3),
+    }
+
+
+def solve(request: SolveRequest, profile: Profile) -> dict[str, Any]:
+    """The full plan object for `request` on `profile` (deterministic; raises Infeasible)."""
+    validate_request(request)
+    dtype = resolve_dtype(request, profile)
+    caps = capacities(request, profile)
+    st = Setting(
+        model=request.model, dtype=dtype, seq=request.seq, prompt=request.prompt_tokens, gen=request.gen,
+        host_is_device=profile.host_is_device, device_cap_bytes=caps["device"], host_cap_bytes=caps["host"],
+        disk_cap_bytes=caps["disk"], objective=request.objective,
+    )
+    results: dict[str, StrategyResult] = {}
+    cache: dict[Combo, Coeffs] = {}
+    baselines: dict[str, Any] = {}
+    for name in PINNED_STRATEGIES:
+        try:
+            results[name] = solve_strategy(request, st, profile, name, caps, cache)
+        except Infeasible as exc:
+            baselines[name] = {"feasible": False, "reason": str(exc)}
+            continue
+        r = results[name]
+        baselines[name] = {
+            "feasible": True,
+            "decode_step_s": r.prediction["decode_step_s"],
+            "throughput_tokens_per_s": r.prediction["throughput_tokens_per_s"],
+            "total_s": r.prediction["total_s"],
+            "batch": r.decisions.batch,
+            "split_tokens": r.decisions.split_tokens,
+            "strategy": r.decisions.strategy,
+        }
+    picked_from = request.strategy
+    if request.strategy == "auto":
+        chosen = solve_strategy(request, st, profile, "auto", caps, cache)
+        # The MILP optimises the linear surrogate; if a pinned plan re-evaluates better under the full
+        # models, take it, so that auto is never predicted worse than a pinned strategy.
+        for name in PINNED_STRATEGIES:
+            if name in results and _better(results[name].prediction, chosen.prediction, request.objective):
+                chosen = results[name]
+                picked_from = f"pinned:{name}"
+    else:
+        if request.strategy not in results:
+            raise Infeasible(f"strategy {request.strategy}: {baselines[request.strategy]['reason']}")
+        chosen = results[request.strategy]
+    prediction = dict(chosen.prediction)
+    lower_bound = prediction.pop("lower_bound")
+    feasible = [n for n in PINNED_STRATEGIES if n in results]
+    if feasible:
+        key = (lambda n: -results[n].prediction["throughput_tokens_per_s"]) if request.objective == "throughput" \
+            else (lambda n: results[n].prediction["decode_step_s"])
+        best = min(feasible, key=lambda n: (key(n), PINNED_STRATEGIES.index(n)))
+        prediction["gain_over_best_pinned"] = _gain(prediction, results[best].prediction, best)
+    else:
+        prediction["gain_over_best_pinned"] = None
+    prediction["gain_over_transfer"] = _gain(prediction, results["transfer"].prediction, "transfer") \
+        if "transfer" in results else None
+
+    warnings = []
+    m = request.model
+    if request.seq > m.max_position_embeddings:
+        warnings.append(f"seq {request.seq} exceeds {m.name}'s trained context of {m.max_position_embeddings} "
+                        "tokens; the plan is sized for it, but output quality past that length is not assured")
+    ilp = chosen.ilp
+    plan = {
+        "schema_version": PLAN_SCHEMA_VERSION,
+        "model": m.to_dict(),
+        "hardware": {
+            "profile_name": profile.name, "profile_kind": profile.kind, "profile_hash": profile.profile_hash,
+            "device_type": profile.device_type, "device_name": profile.device_name,
+        },
+        "inputs": {
+            "model": m.name, "seq": request.seq, "prompt": request.prompt_tokens, "gen": request.gen,
+            "batch": "auto" if request.batch is None else request.batch, "objective": request.objective,
+            "strategy": request.strategy, "dtype": dtype, "gpu_mem_bytes": request.gpu_mem_bytes,
+            "cpu_mem_bytes": request.cpu_mem_bytes, "disk_bytes": request.disk_bytes,
+        },
+        "decisions": chosen.decisions.to_dict(),
+        "prediction": prediction,
+        "baselines": baselines,
+        "lower_bound": lower_bound,
+        "solver": {
+            "name": ilp.solver, "status": ilp.status, "formulation": "milp", "combos": chosen.combos,
+            "variables": ilp.variables, "constraints": ilp.constraints,
+            "objective_value": float(f"{ilp.objective_value:.9g}") if ilp.objective_value is not None else None,
+            "picked_from": picked_from,
+            "usable_bytes": caps,
+        },
+        "warnings": warnings,
+    }
+    plan_from_dict(plan, origin="<solve>")
+    return plan
