@@ -1,13 +1,75 @@
-"""`kvplan execute` (placeholder while it is being built; replaced by its real module)."""
+"""`kvplan execute PLAN`: run a plan on this machine and print, component by component, what the
+plan predicted and what happened (docs/runtime.md)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
-from planner.errors import KvplanError
+from planner.cli.output import echo_json, print_table
+from planner.jsonio import write_json_atomic
+from planner.plan import load_plan
 
 
-@click.command("execute", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-def command() -> None:
-    """(not built yet)"""
-    raise KvplanError("'kvplan execute' is not built yet")
+def _fmt(v, unit: str) -> str:
+    if v is None:
+        return "n/a"
+    if unit == "s":
+        return f"{v * 1e3:.3f} ms" if v < 10 else f"{v:.2f} s"
+    if unit == "x":
+        return f"{v:.2f}x"
+    return f"{v:,.2f} {unit}"
+
+
+@click.command("execute")
+@click.argument("plan_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--steps", type=int, default=None, help="Decode steps to run (default: min(gen, 16)), centred on the "
+              "plan's average context.")
+@click.option("--layers", type=int, default=None, help="Run only K decoder layers and scale times by L/K.")
+@click.option("--disk-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder for the disk tier's files (default: the system temp folder).")
+@click.option("--weights", "weights_dir", type=click.Path(file_okay=False, exists=True, path_type=Path),
+              default=None, help="Local Hugging Face checkpoint folder (*.safetensors); default: random weights.")
+@click.option("--profile", "profile_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Re-predict the plan with this profile (default: the plan's own prediction, or this "
+              "machine's 'kvplan profile' when the plan was made for other hardware).")
+@click.option("--fill", type=click.Choice(["auto", "prefill", "random"]), default="auto", show_default=True,
+              help="Fill the caches by a real prefill, or with random values (timing only; fast at long contexts).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights and tokens.")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the full run record (JSON) here.")
+@click.option("--json", "as_json", is_flag=True, help="Print the run record as JSON instead of tables.")
+def command(plan_file: Path, steps, layers, disk_dir, weights_dir, profile_path, fill, device, seed, out_path,
+            as_json) -> None:
+    """Run a plan for real and report measured vs predicted time per resource."""
+    from runtime.run import RunOptions, execute_plan  # torch is imported only when a run is asked for
+
+    plan = load_plan(plan_file)
+    record = execute_plan(plan, RunOptions(steps=steps, layers=layers, disk_dir=disk_dir, weights_dir=weights_dir,
+                                           profile_path=profile_path, fill=fill, device=device, seed=seed))
+    record["plan_file"] = str(plan_file)
+    if out_path is not None:
+        write_json_atomic(out_path, record)
+    if as_json:
+        echo_json(record)
+        return
+    run = record["run"]
+    d = record["plan"]["decisions"]
+    click.echo(f"{record['plan']['model']}: batch {d['batch']} ({d['gpu_batch']} x {d['num_gpu_batches']}), "
+               f"context {run['start_context']}..{run['start_context'] + run['steps']}, split l={d['split_tokens']}, "
+               f"{d['strategy']}, {d['dtype']} on {run['device']}; {run['steps']} steps, "
+               f"{run['layers_run']}/{run['layers_total']} layers, fill={run['fill']}, "
+               f"direct I/O={'yes' if run['direct_io'] else 'no'}")
+    rows = []
+    for r in record["comparison"]:
+        gap = "" if r["gap_pct"] is None else f"{r['gap_pct']:+.1f}%"
+        rows.append([r["quantity"], _fmt(r["predicted"], r["unit"]), _fmt(r["measured"], r["unit"]), gap])
+    print_table("predicted vs measured", ["quantity", "predicted", "measured", "gap"], rows)
+    m = record["measured"]
+    click.echo(f"LM head + embedding per step (not in the plan's decode step): {m['head_s'] * 1e3:.2f} ms")
+    for note in record["notes"]:
+        click.echo(f"note: {note}")
+    if out_path is not None:
+        click.echo(f"run record written to {out_path}")
