@@ -1,13 +1,98 @@
-"""`kvplan report` (placeholder while it is being built; replaced by its real module)."""
+"""`kvplan report`: solve a grid of models x GPUs x contexts x batches x strategies and write a
+capacity-planning report folder (results.csv/.parquet, report.html, report.md, figures/, config.json)."""
 
 from __future__ import annotations
 
+import time
+
 import click
 
+from planner.cli.output import echo_json, print_table
 from planner.errors import KvplanError
+from planner.report.runs import load_runs
+from planner.report.sweep import (
+    OBJECTIVES,
+    Grid,
+    effective_jobs,
+    parse_batches,
+    parse_prices,
+    parse_seqs,
+    parse_strategies,
+    resolve_gpus,
+    resolve_models,
+    run_sweep,
+)
+from planner.report.tables import best_gpu_table
+from planner.report.write import write_report
+
+MULTI = dict(multiple=True, metavar="A,B,...")
 
 
-@click.command("report", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-def command() -> None:
-    """(not built yet)"""
-    raise KvplanError("'kvplan report' is not built yet")
+@click.command("report")
+@click.option("--models", "-m", **MULTI,
+              help="Model names (kvplan models) or config.json paths; repeat or comma-separate.")
+@click.option("--gpus", "-g", **MULTI, help="Datasheet GPU names (kvplan gpus), or 'local' for this machine's profile.")
+@click.option("--profile", "profiles", multiple=True, type=click.Path(dir_okay=False),
+              help="A profile JSON file to include as one more GPU (repeatable).")
+@click.option("--seqs", "-s", **MULTI,
+              help="Contexts (prompt + generated): 1k,4k,16k or ranges 1024:32768:x2, 1k:8k:+1k (k = 1024).")
+@click.option("--batches", "-b", **MULTI, help="Batch sizes or 'auto' (the planner picks; default).")
+@click.option("--gen", type=int, default=128, show_default=True, help="Tokens generated per sequence.")
+@click.option("--strategies", **MULTI,
+              help="Any of auto, resident, transfer, recompute, cpu-attention (default: all five).")
+@click.option("--objective", type=click.Choice(OBJECTIVES), default="throughput", show_default=True)
+@click.option("--price", "prices", **MULTI, help="GPU=USD_PER_HOUR, e.g. a100-40g-pcie=1.8 (no default prices).")
+@click.option("--runs", "runs", multiple=True, type=click.Path(dir_okay=False),
+              help="Run records from 'kvplan execute --out' for the predicted-vs-measured section (repeatable).")
+@click.option("--jobs", "-j", type=click.IntRange(min=1), default=None,
+              help="Local worker processes (default: all cores; tiny sweeps run in-process).")
+@click.option("--dask", "dask_address", metavar="ADDRESS", default=None,
+              help="Solve on an existing Dask cluster (scheduler address, e.g. tcp://host:8786).")
+@click.option("--progress/--no-progress", default=None, help="Progress bar on stderr (default: when a terminal).")
+@click.option("--out", "-o", "out_dir", required=True, type=click.Path(file_okay=False), help="Report folder.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON instead of a table.")
+def command(
+    models: tuple[str, ...], gpus: tuple[str, ...], profiles: tuple[str, ...], seqs: tuple[str, ...],
+    batches: tuple[str, ...], gen: int, strategies: tuple[str, ...], objective: str, prices: tuple[str, ...],
+    runs: tuple[str, ...], jobs: int | None, dask_address: str | None, progress: bool | None, out_dir: str,
+    as_json: bool,
+) -> None:
+    """Capacity planning across models, GPUs and contexts: solve a whole grid and write a report."""
+    model_list = resolve_models(models)
+    gpu_list = resolve_gpus(gpus, profiles)
+    if not seqs:
+        raise KvplanError("--seqs is required: give contexts such as 1k,4k,16k or a range 1024:32768:x2")
+    grid = Grid(
+        models=tuple(model_list), gpus=tuple(gpu_list), seqs=tuple(parse_seqs(seqs)),
+        batches=tuple(parse_batches(batches)), gen=gen, strategies=tuple(parse_strategies(strategies)),
+        objective=objective, prices=parse_prices(prices, [g.name for g in gpu_list]),
+    )
+    records = load_runs(list(runs))
+    n_jobs = effective_jobs(grid.size, jobs)
+    start = time.perf_counter()
+    results = run_sweep(grid, jobs=jobs, dask_address=dask_address, progress=progress)
+    solve_s = time.perf_counter() - start
+    report = write_report(out_dir, grid, results, records, runs=list(runs), dask=bool(dask_address))
+    where = f"Dask cluster {dask_address}" if dask_address else (
+        "this process" if n_jobs == 1 else f"{n_jobs} local processes")
+    click.echo(f"solved {len(results):,} configurations in {solve_s:.1f} s on {where}; "
+               f"report written in {time.perf_counter() - start - solve_s:.1f} s", err=True)
+    counts = report.counts
+    if as_json:
+        table = best_gpu_table(report.frame, bool(grid.prices))
+        echo_json({
+            "out_dir": str(report.out_dir), "status_counts": counts,
+            "files": sorted(str(p.relative_to(report.out_dir)) for p in report.files),
+            "best_gpu": [dict(zip(table.columns, row, strict=True)) for row in table.rows],
+        })
+    else:
+        table = best_gpu_table(report.frame, bool(grid.prices))
+        print_table(table.title, table.columns, table.rows)
+        click.echo(f"{len(results):,} configurations: " + ", ".join(f"{n:,} {k}" for k, n in counts.items()))
+        click.echo(f"report: {report.out_dir / 'report.html'} (also report.md, results.csv, figures/, config.json)")
+    if not counts.get("feasible"):
+        reasons = report.frame["reason"].value_counts()
+        raise KvplanError(
+            f"no feasible configuration in the grid ({len(results):,} tried); most common reason: "
+            f"{reasons.index[0]}; every reason is listed in {report.out_dir / 'report.html'}"
+        )

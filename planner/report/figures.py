@@ -1,0 +1,323 @@
+"""The report's figures: matplotlib (object API, Agg canvas, no global pyplot state) -> PNG bytes.
+
+Each figure comes with a one-sentence caption saying what it shows. PNGs carry no software or date
+metadata, so the same results give byte-identical files.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+from dataclasses import dataclass
+
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+from planner.report.frame import BATCH, SPLIT, STEP, THROUGHPUT, best_rows, feasible
+from planner.report.runs import RunRecord
+
+STRATEGY_STYLE = {
+    "auto": dict(color="black", linewidth=2.4, marker="o"),
+    "resident": dict(color="tab:green", marker="s"),
+    "transfer": dict(color="tab:blue", marker="^"),
+    "recompute": dict(color="tab:orange", marker="D"),
+    "cpu-attention": dict(color="tab:purple", marker="v"),
+}
+GPUS_PER_FIGURE = 4
+DPI = 100
+
+
+@dataclass(frozen=True)
+class FigureOut:
+    name: str  # file name under figures/
+    title: str
+    caption: str  # one sentence: what the figure shows and how to read it
+    png: bytes
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "x"
+
+
+def _png(fig: Figure) -> bytes:
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
+    return buf.getvalue()
+
+
+def _seq_label(value: float, _pos: int = 0) -> str:
+    v = int(round(value))
+    return f"{v // 1024}k" if v >= 1024 and v % 1024 == 0 else str(v)
+
+
+def _seq_axis(ax, seqs: list[int]) -> None:
+    if len(seqs) > 1 and seqs[-1] / seqs[0] >= 4:
+        ax.set_xscale("log", base=2)
+    ax.set_xticks(seqs if len(seqs) <= 10 else seqs[:: math.ceil(len(seqs) / 10)])
+    ax.xaxis.set_major_formatter(FuncFormatter(_seq_label))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("context (tokens)")
+
+
+def _num_label(value: float, _pos: int = 0) -> str:
+    if value <= 0:
+        return ""
+    if value >= 1e6:
+        return f"{value / 1e6:g}M"
+    if value >= 1e3:
+        return f"{value / 1e3:g}k"
+    return f"{value:g}"
+
+
+def _minor_label(value: float, _pos: int = 0) -> str:
+    # Label the 2s and 5s between decades so short log ranges still read as plain numbers.
+    if value <= 0:
+        return ""
+    lead = round(value / 10 ** math.floor(math.log10(value)), 6)
+    return _num_label(value) if lead in (2.0, 5.0) else ""
+
+
+def _log_y(ax) -> None:
+    has_data = any(
+        any(isinstance(y, (int, float)) and math.isfinite(y) and y > 0 for y in line.get_ydata())
+        for line in ax.get_lines()
+    )
+    if not has_data:  # nothing feasible here: say so instead of an empty log axis
+        ax.text(0.5, 0.5, "no feasible configuration", transform=ax.transAxes, ha="center", va="center",
+                color="tab:red")
+        ax.set_yticks([])
+        return
+    ax.set_yscale("log")
+    ax.yaxis.set_minor_locator(LogLocator(subs="auto"))
+    ax.yaxis.set_major_formatter(FuncFormatter(_num_label))
+    ax.yaxis.set_minor_formatter(FuncFormatter(_minor_label))
+
+
+def _chunks(items: list[str], n: int) -> list[list[str]]:
+    return [items[i:i + n] for i in range(0, len(items), n)] or [[]]
+
+
+def _mark_infeasible(ax, xs: list[int], color: str, marker: str = "x") -> None:
+    """Infeasible points: a cross on the bottom edge of the axes, in the strategy's colour."""
+    if xs:
+        ax.scatter(xs, [0.03] * len(xs), transform=ax.get_xaxis_transform(), color=color, marker=marker,
+                   s=40, clip_on=False, zorder=5)
+
+
+def strategy_figures(frame: pd.DataFrame) -> list[FigureOut]:
+    """Per model: throughput (top row) and decode-step latency (bottom row) vs context, one line per
+    strategy, one column per GPU; each point is the strategy's best batch at that context."""
+    out = []
+    strategies = [s for s in STRATEGY_STYLE if s in set(frame["strategy_request"])]
+    best = best_rows(frame, ["model", "gpu", "seq", "strategy_request"], THROUGHPUT, largest=True)
+    for model in frame["model"].drop_duplicates():
+        gpus_all = list(frame.loc[frame["model"] == model, "gpu"].drop_duplicates())
+        for part, gpus in enumerate(_chunks(gpus_all, GPUS_PER_FIGURE)):
+            fig = Figure(figsize=(4.2 * len(gpus) + 0.6, 6.6), layout="constrained")
+            axes = fig.subplots(2, len(gpus), squeeze=False, sharex="col")
+            for j, gpu in enumerate(gpus):
+                cell = frame[(frame["model"] == model) & (frame["gpu"] == gpu)]
+                seqs = sorted(int(s) for s in cell["seq"].unique())
+                top, bottom = axes[0][j], axes[1][j]
+                for strategy in strategies:
+                    pts = best[(best["model"] == model) & (best["gpu"] == gpu) & (best["strategy_request"] == strategy)]
+                    pts = pts.sort_values("seq")
+                    style = STRATEGY_STYLE[strategy]
+                    top.plot(pts["seq"], pts[THROUGHPUT], label=strategy, markersize=4, **style)
+                    bottom.plot(pts["seq"], pts[STEP] * 1e3, label=strategy, markersize=4, **style)
+                    missing = sorted(set(seqs) - set(int(s) for s in pts["seq"]))
+                    for ax in (top, bottom):
+                        _mark_infeasible(ax, missing, style["color"])
+                top.set_title(f"{model} on {gpu}", fontsize=10)
+                top.set_ylabel("throughput (tokens/s)")
+                bottom.set_ylabel("decode step (ms, whole batch)")
+                for ax in (top, bottom):
+                    _log_y(ax)
+                    ax.grid(True, which="major", alpha=0.3)
+                _seq_axis(bottom, seqs)
+                top.tick_params(labelbottom=False)
+            handles, labels = axes[0][0].get_legend_handles_labels()
+            if handles:
+                fig.legend(handles, labels, loc="outside lower center", ncols=len(handles), fontsize=9)
+            suffix = f"-{part + 1}" if len(gpus_all) > GPUS_PER_FIGURE else ""
+            out.append(FigureOut(
+                name=f"strategies-{slug(model)}{suffix}.png",
+                title=f"Throughput and step latency vs context: {model}",
+                caption=(f"Predicted end-to-end throughput (top) and decode-step latency of the whole batch (bottom) "
+                         f"for {model} as the context grows, one line per strategy, each point the strategy's best "
+                         "batch; a cross on the bottom edge marks a context where that strategy has no feasible plan."),
+                png=_png(fig),
+            ))
+    return out
+
+
+def recompute_figure(frame: pd.DataFrame) -> FigureOut | None:
+    """The recompute fraction (KVPR's split l / context) the planner chose, vs context, per GPU."""
+    source = "auto" if "auto" in set(frame["strategy_request"]) else "recompute"
+    rows = frame[frame["strategy_request"] == source]
+    if feasible(rows).empty:
+        return None
+    best = best_rows(rows, ["model", "gpu", "seq"], THROUGHPUT, largest=True)
+    models = list(frame["model"].drop_duplicates())
+    fig = Figure(figsize=(4.6 * min(len(models), 3) + 0.4, 3.6 * math.ceil(len(models) / 3)), layout="constrained")
+    axes = fig.subplots(math.ceil(len(models) / 3), min(len(models), 3), squeeze=False)
+    for k, model in enumerate(models):
+        ax = axes[k // 3][k % 3]
+        seqs = sorted(int(s) for s in frame.loc[frame["model"] == model, "seq"].unique())
+        for gpu in frame.loc[frame["model"] == model, "gpu"].drop_duplicates():
+            pts = best[(best["model"] == model) & (best["gpu"] == gpu)].sort_values("seq")
+            ax.plot(pts["seq"], pts[SPLIT] / pts["seq"], marker="o", markersize=4, label=gpu)
+        ax.set_ylim(-0.03, 1.03)
+        ax.set_title(model, fontsize=10)
+        ax.set_ylabel("recomputed share of context")
+        ax.grid(True, alpha=0.3)
+        _seq_axis(ax, seqs)
+        ax.legend(fontsize=8)
+    for k in range(len(models), axes.shape[0] * axes.shape[1]):
+        axes[k // 3][k % 3].set_visible(False)
+    what = "automatic plan" if source == "auto" else "pinned recompute plan"
+    return FigureOut(
+        name="recompute-fraction.png",
+        title="Chosen recompute fraction vs context",
+        caption=(f"The share of each sequence's context whose K,V the {what} recomputes from stored layer inputs "
+                 "(KVPR's split point divided by the context) instead of transferring; 0 means no recompute, which is "
+                 "right for GQA models, whose layer inputs are larger than their K,V."),
+        png=_png(fig),
+    )
+
+
+def fit_figure(frame: pd.DataFrame) -> FigureOut | None:
+    """Left: longest feasible context per GPU (any strategy vs KV resident). Right: largest feasible batch
+    vs context per GPU."""
+    models = list(frame["model"].drop_duplicates())
+    fig = Figure(figsize=(11, 3.4 * len(models) + 0.4), layout="constrained")
+    axes = fig.subplots(len(models), 2, squeeze=False)
+    ok = feasible(frame)
+    for k, model in enumerate(models):
+        left, right = axes[k]
+        gpus = list(frame.loc[frame["model"] == model, "gpu"].drop_duplicates())
+        seqs = sorted(int(s) for s in frame.loc[frame["model"] == model, "seq"].unique())
+        mine = ok[ok["model"] == model]
+        any_fit = [mine.loc[mine["gpu"] == g, "seq"].max() for g in gpus]
+        res = mine[mine["strategy_request"] == "resident"]
+        res_fit = [res.loc[res["gpu"] == g, "seq"].max() for g in gpus]
+        xs = list(range(len(gpus)))
+        series = [("any strategy (offloading allowed)", any_fit, "tab:blue", "o", -0.12)]
+        if "resident" in set(frame["strategy_request"]):
+            series.append(("KV resident in GPU memory", res_fit, "tab:green", "s", 0.12))
+        for label, values, color, marker, dx in series:
+            px = [x + dx for x, v in zip(xs, values, strict=True) if not pd.isna(v)]
+            py = [v for v in values if not pd.isna(v)]
+            left.vlines(px, seqs[0] / 1.5, py, color=color, linewidth=3, alpha=0.5)
+            left.scatter(px, py, color=color, marker=marker, s=50, label=label, zorder=3)
+            none_x = [x + dx for x, v in zip(xs, values, strict=True) if pd.isna(v)]
+            if none_x:
+                left.scatter(none_x, [0.03] * len(none_x), transform=left.get_xaxis_transform(), color=color,
+                             marker="x", s=50, clip_on=False)
+        left.set_yscale("log", base=2)
+        left.set_ylim(seqs[0] / 1.5, seqs[-1] * 1.6)
+        left.set_yticks(seqs if len(seqs) <= 10 else seqs[:: math.ceil(len(seqs) / 10)])
+        left.yaxis.set_major_formatter(FuncFormatter(_seq_label))
+        left.yaxis.set_minor_formatter(NullFormatter())
+        left.set_xticks(xs, gpus, rotation=20, ha="right", fontsize=8)
+        left.set_xlim(-0.6, len(gpus) - 0.4)
+        left.set_ylabel("longest feasible context (tokens)")
+        left.set_title(f"{model}: longest context that fits (x: none)", fontsize=10)
+        left.legend(fontsize=8, loc="lower right")
+        left.grid(True, axis="y", alpha=0.3)
+        for gpu in gpus:
+            pts = mine[mine["gpu"] == gpu].groupby("seq")[BATCH].max()
+            right.plot(pts.index, pts.values, marker="o", markersize=4, label=gpu)
+        right.set_title(f"{model}: largest feasible batch", fontsize=10)
+        right.set_ylabel("batch (sequences)")
+        _log_y(right)
+        right.grid(True, alpha=0.3)
+        _seq_axis(right, seqs)
+        right.legend(fontsize=8)
+    return FigureOut(
+        name="fit.png",
+        title="Largest batch and context that fit each GPU",
+        caption=("Left: the longest context swept with a feasible plan on each GPU, with any strategy and with the KV "
+                 "cache kept in GPU memory; right: the largest batch among the feasible configurations swept at each "
+                 "context (with --batches auto, the batch the planner chose)."),
+        png=_png(fig),
+    )
+
+
+def cost_figure(frame: pd.DataFrame) -> FigureOut | None:
+    priced = frame[frame["cost_usd_per_mtok"].notna()]
+    if priced.empty:
+        return None
+    best = best_rows(priced, ["model", "gpu", "seq"], "cost_usd_per_mtok", largest=False)
+    models = list(frame["model"].drop_duplicates())
+    fig = Figure(figsize=(4.6 * min(len(models), 3) + 0.4, 3.6 * math.ceil(len(models) / 3)), layout="constrained")
+    axes = fig.subplots(math.ceil(len(models) / 3), min(len(models), 3), squeeze=False)
+    for k, model in enumerate(models):
+        ax = axes[k // 3][k % 3]
+        seqs = sorted(int(s) for s in frame.loc[frame["model"] == model, "seq"].unique())
+        for gpu in priced.loc[priced["model"] == model, "gpu"].drop_duplicates():
+            pts = best[(best["model"] == model) & (best["gpu"] == gpu)].sort_values("seq")
+            ax.plot(pts["seq"], pts["cost_usd_per_mtok"], marker="o", markersize=4, label=gpu)
+        ax.set_title(model, fontsize=10)
+        ax.set_ylabel("USD per million tokens")
+        _log_y(ax)
+        ax.grid(True, alpha=0.3)
+        _seq_axis(ax, seqs)
+        ax.legend(fontsize=8)
+    for k in range(len(models), axes.shape[0] * axes.shape[1]):
+        axes[k // 3][k % 3].set_visible(False)
+    return FigureOut(
+        name="cost.png",
+        title="Cost per million tokens",
+        caption=("The lowest predicted cost per million generated tokens on each priced GPU (its hourly price / 3600 / "
+                 "the best configuration's throughput x 10^6) as the context grows; lower is better."),
+        png=_png(fig),
+    )
+
+
+def measured_figure(records: list[RunRecord]) -> FigureOut | None:
+    records = [r for r in records if r.metrics()]
+    if not records:
+        return None
+    fig = Figure(figsize=(max(6.0, 1.3 * len(records) + 3), 4.2), layout="constrained")
+    ax = fig.subplots()
+    metric_of = [r.metrics()[0] for r in records]
+    xs = range(len(records))
+    scale = [1e3 if m.endswith("_s") else 1.0 for m in metric_of]  # seconds -> ms
+    pred = [r.predicted[m] * k for r, m, k in zip(records, metric_of, scale, strict=True)]
+    meas = [r.measured[m] * k for r, m, k in zip(records, metric_of, scale, strict=True)]
+    ax.bar([x - 0.2 for x in xs], pred, width=0.4, label="predicted", color="tab:blue")
+    ax.bar([x + 0.2 for x in xs], meas, width=0.4, label="measured", color="tab:red")
+    for x, p, m in zip(xs, pred, meas, strict=True):
+        if p:
+            ax.annotate(f"{(m / p - 1) * 100:+.0f}%", (x + 0.2, m), ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(list(xs), [f"{i + 1}" for i in xs])
+    ax.set_xlabel("run (numbered as in the table below)")
+    names = sorted(set(metric_of))
+    ax.set_ylabel(" / ".join(n[:-2].replace("_", " ") + " (ms)" if n.endswith("_s") else n.replace("_", " ")
+                             for n in names))
+    ax.legend(fontsize=8)
+    ax.grid(True, axis="y", alpha=0.3)
+    return FigureOut(
+        name="measured.png",
+        title="Predicted vs measured",
+        caption=("For each run record, the plan's predicted decode-step time next to the measured one, labelled with "
+                 "the gap (measured / predicted - 1); bars of equal height mean the cost model was right."),
+        png=_png(fig),
+    )
+
+
+def all_figures(frame: pd.DataFrame, records: list[RunRecord]) -> list[FigureOut]:
+    out = strategy_figures(frame)
+    for fn in (recompute_figure, fit_figure, cost_figure):
+        fig = fn(frame)
+        if fig is not None:
+            out.append(fig)
+    measured = measured_figure(records)
+    if measured is not None:
+        out.append(measured)
+    return out

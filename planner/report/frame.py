@@ -1,0 +1,155 @@
+"""Sweep results -> one pandas DataFrame: one row per configuration, in grid order, with every plan
+decision and prediction as a column (nested objects flattened to dotted names such as
+`prediction.per_layer_busy_s.h2d`). Infeasible configurations keep their row, with `status` and
+`reason` filled and the plan columns empty.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import pandas as pd
+
+from planner.report.sweep import SolveResult
+
+# Columns that describe the configuration itself, first in every results table.
+CONFIG_COLUMNS = (
+    "model", "gpu", "seq", "prompt", "gen", "batch_request", "strategy_request", "objective", "status", "reason",
+)
+DERIVED_COLUMNS = ("recompute_fraction", "price_usd_per_hour", "cost_usd_per_mtok")
+# Plan sections copied into the row, in this order after the configuration columns.
+SECTIONS = ("decisions", "prediction", "lower_bound", "baselines", "inputs", "solver", "hardware")
+
+# Short names used by the figures and tables.
+THROUGHPUT = "prediction.throughput_tokens_per_s"
+STEP = "prediction.decode_step_s"
+BATCH = "decisions.batch"
+SPLIT = "decisions.split_tokens"
+CHOSEN = "decisions.strategy"
+
+
+def flatten(obj: Any, prefix: str, out: dict[str, Any]) -> None:
+    """Nested dicts -> dotted keys; lists of strings -> one ' | '-joined string; other lists -> JSON."""
+    if isinstance(obj, Mapping):
+        for key in sorted(obj):
+            flatten(obj[key], f"{prefix}.{key}" if prefix else str(key), out)
+    elif isinstance(obj, (list, tuple)):
+        if all(isinstance(x, str) for x in obj):
+            out[prefix] = " | ".join(obj)
+        else:
+            out[prefix] = json.dumps(obj, sort_keys=True)
+    else:
+        out[prefix] = obj
+
+
+def _run_dependent(key: str) -> bool:
+    # Solver wall-clock times differ run to run; they stay out of the table so it is reproducible.
+    leaf = key.rsplit(".", 1)[-1]
+    return key.startswith("solver.") and ("time" in leaf or leaf.endswith("_s") or "wall" in leaf)
+
+
+def result_row(result: SolveResult, prices: Mapping[str, float]) -> dict[str, Any]:
+    c = result.config
+    row: dict[str, Any] = {
+        "model": c.model, "gpu": c.gpu, "seq": c.seq, "prompt": c.seq - c.gen, "gen": c.gen,
+        "batch_request": "auto" if c.batch is None else str(c.batch), "strategy_request": c.strategy,
+        "objective": c.objective, "status": result.status, "reason": result.reason,
+    }
+    plan = result.plan or {}
+    flat: dict[str, Any] = {}
+    for section in SECTIONS:
+        if section in plan:
+            flatten(plan[section], section, flat)
+    if "warnings" in plan:
+        flatten(list(plan["warnings"]), "warnings", flat)
+    if "gain_over_best_pinned" in plan:
+        flat["gain_over_best_pinned"] = plan["gain_over_best_pinned"]
+    row.update({k: v for k, v in flat.items() if not _run_dependent(k)})
+    split = flat.get(SPLIT)
+    row["recompute_fraction"] = split / c.seq if isinstance(split, (int, float)) else math.nan
+    price = prices.get(c.gpu)
+    row["price_usd_per_hour"] = price if price is not None else math.nan
+    row["cost_usd_per_mtok"] = cost_per_mtok(price, flat.get(THROUGHPUT))
+    return row
+
+
+def cost_per_mtok(price_usd_per_hour: float | None, throughput_tokens_per_s: Any) -> float:
+    """Dollars per million generated tokens: price_per_hour / 3600 / throughput * 1e6."""
+    if price_usd_per_hour is None or not isinstance(throughput_tokens_per_s, (int, float)):
+        return math.nan
+    if throughput_tokens_per_s <= 0:
+        return math.nan
+    return price_usd_per_hour / 3600.0 / throughput_tokens_per_s * 1e6
+
+
+def _group(col: str) -> int:
+    head = col.split(".", 1)[0]
+    return SECTIONS.index(head) if head in SECTIONS else len(SECTIONS)
+
+
+def results_frame(results: Sequence[SolveResult], prices: Mapping[str, float] | None = None) -> pd.DataFrame:
+    """The table of a sweep; rows in grid order; columns in a fixed order (configuration, derived,
+    then each plan section's columns sorted by name)."""
+    prices = prices or {}
+    rows = [result_row(r, prices) for r in sorted(results, key=lambda r: r.config.index)]
+    # The columns the figures and tables read exist even when nothing was feasible.
+    seen: set[str] = {THROUGHPUT, STEP, BATCH, SPLIT, CHOSEN}
+    for row in rows:
+        seen.update(row)
+    fixed = list(CONFIG_COLUMNS) + list(DERIVED_COLUMNS)
+    rest = sorted((c for c in seen if c not in fixed), key=lambda c: (_group(c), c))
+    frame = pd.DataFrame(rows, columns=fixed + rest)
+    return frame
+
+
+def to_csv_text(frame: pd.DataFrame) -> str:
+    buf = io.StringIO()
+    frame.to_csv(buf, index=False, lineterminator="\n")
+    return buf.getvalue()
+
+
+def to_parquet_bytes(frame: pd.DataFrame) -> bytes | None:
+    """Parquet of the table, or None when pyarrow is not installed (CSV is always written)."""
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        return None
+    # Mixed-type object columns (NaN next to strings) are stored as strings so Parquet accepts them.
+    clean = frame.copy()
+    for col in clean.columns:
+        if clean[col].dtype == object:
+            kinds = {type(v) for v in clean[col] if not _missing(v)}
+            if len(kinds) > 1 or (kinds and not kinds <= {str}):
+                clean[col] = [None if _missing(v) else str(v) for v in clean[col]]
+    buf = io.BytesIO()
+    clean.to_parquet(buf, index=False, engine="pyarrow")
+    return buf.getvalue()
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def feasible(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame[frame["status"] == "feasible"]
+
+
+def status_counts(frame: pd.DataFrame) -> dict[str, int]:
+    return {k: int(v) for k, v in frame["status"].value_counts().sort_index().items()}
+
+
+def best_rows(frame: pd.DataFrame, keys: Iterable[str], by: str, *, largest: bool) -> pd.DataFrame:
+    """For each group of `keys`, the feasible row with the largest (or smallest) `by`; ties go to the
+    earlier row in grid order, so the choice is deterministic."""
+    ok = feasible(frame)
+    ok = ok[ok[by].notna()] if by in ok.columns else ok.iloc[0:0]
+    if ok.empty:
+        return ok
+    ordered = ok.assign(_order=range(len(ok))).sort_values(
+        [by, "_order"], ascending=[not largest, True], kind="mergesort"
+    )
+    return ordered.groupby(list(keys), sort=False).head(1).sort_values("_order").drop(columns="_order")

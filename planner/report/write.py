@@ -1,0 +1,147 @@
+"""Write a report folder: results.csv (+ results.parquet with pyarrow), figures/*.png, report.html,
+report.md and config.json (the command and the grid). Every file is written atomically, and the
+same grid gives byte-identical files (no timestamps, no run times inside)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shlex
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from planner import __version__
+from planner.errors import KvplanError
+from planner.jsonio import write_json_atomic, write_text_atomic
+from planner.report.figures import all_figures
+from planner.report.frame import results_frame, status_counts, to_csv_text, to_parquet_bytes
+from planner.report.html import ReportContent, render_html, render_markdown, seqs_text
+from planner.report.runs import RunRecord
+from planner.report.sweep import Grid, SolveResult
+from planner.report.tables import best_gpu_table, fit_table, infeasible_table, measured_table, reasons_table
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(exc, OSError):
+            if exc.errno == errno.ENOSPC:
+                raise KvplanError(f"disk full while writing {path}; nothing was written") from exc
+            raise KvplanError(f"cannot write {path}: {exc.strerror}") from exc
+        raise
+    return path
+
+
+def command_line(grid: Grid, runs: list[str], dask: bool) -> str:
+    """The command that reproduces this report (less its -o folder, so copies of a report folder
+    stay identical), rebuilt from the parsed grid in canonical spelling."""
+    args = ["kvplan", "report", "--models", ",".join(m.name for m in grid.models)]
+    named = ["local" if g.source == "local" else g.name for g in grid.gpus if g.source in ("datasheet", "local")]
+    if named:
+        args += ["--gpus", ",".join(named)]
+    for g in grid.gpus:
+        if g.source not in ("datasheet", "local"):
+            args += ["--profile", g.source]
+    args += ["--seqs", ",".join(str(s) for s in grid.seqs)]
+    args += ["--batches", ",".join("auto" if b is None else str(b) for b in grid.batches)]
+    args += ["--gen", str(grid.gen), "--strategies", ",".join(grid.strategies), "--objective", grid.objective]
+    for name, usd in sorted(grid.prices.items()):
+        args += ["--price", f"{name}={usd:g}"]
+    for run in runs:
+        args += ["--runs", run]
+    if dask:
+        args += ["--dask", "ADDRESS"]
+    return shlex.join(args)
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    out_dir: Path
+    frame: pd.DataFrame
+    files: list[Path]
+    counts: dict[str, int]
+
+
+def build_content(grid: Grid, frame: pd.DataFrame, records: list[RunRecord], command: str) -> ReportContent:
+    counts = status_counts(frame)
+    has_prices = bool(grid.prices)
+    summary = [
+        ("models", ", ".join(m.name for m in grid.models)),
+        ("GPUs", ", ".join(f"{g.name} ({g.source})" for g in grid.gpus)),
+        ("contexts (prompt + generated tokens)", seqs_text(list(grid.seqs))),
+        ("tokens generated per sequence", str(grid.gen)),
+        ("batches", ", ".join("auto" if b is None else str(b) for b in grid.batches)),
+        ("strategies", ", ".join(grid.strategies)),
+        ("objective", grid.objective),
+        ("configurations", f"{len(frame):,}: " + ", ".join(f"{n:,} {k}" for k, n in counts.items())),
+        ("prices (USD per GPU-hour)",
+         ", ".join(f"{k} = {v:g}" for k, v in sorted(grid.prices.items())) if has_prices else "none given"),
+    ]
+    notes = []
+    if not has_prices:
+        notes.append("No --price was given, so cost per million tokens is not computed: kvplan ships no price table "
+                     "because GPU-hour prices change often and differ by provider and contract.")
+    if counts.get("error"):
+        notes.append(f"{counts['error']} configuration(s) hit an internal planner error; they are listed with the "
+                     "error text in the infeasible table. Please report them.")
+    tables_after = []
+    if records:
+        tables_after.append(measured_table(records))
+    if counts.get("infeasible") or counts.get("error"):
+        tables_after += [reasons_table(frame), infeasible_table(frame)]
+    return ReportContent(
+        title="kvplan capacity report: " + ", ".join(m.name for m in grid.models),
+        command=command, summary=summary, figures=all_figures(frame, records),
+        tables_before=[best_gpu_table(frame, has_prices), fit_table(frame)],
+        tables_after=tables_after, notes=notes,
+    )
+
+
+def write_report(
+    out_dir: str | Path, grid: Grid, results: list[SolveResult], records: list[RunRecord], *,
+    runs: list[str] | None = None, dask: bool = False,
+) -> ReportFiles:
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise KvplanError(f"-o {out} is a file, not a folder")
+    frame = results_frame(results, grid.prices)
+    command = command_line(grid, list(runs or []), dask)
+    content = build_content(grid, frame, records, command)
+    files: list[Path] = [write_text_atomic(out / "results.csv", to_csv_text(frame))]
+    parquet = to_parquet_bytes(frame)
+    if parquet is not None:
+        files.append(write_bytes_atomic(out / "results.parquet", parquet))
+    figure_dir = out / "figures"
+    keep = {f.name for f in content.figures}
+    if figure_dir.is_dir():  # figures of an earlier report in the same folder would be stale
+        for old in figure_dir.glob("*.png"):
+            if old.name not in keep:
+                old.unlink()
+    for fig in content.figures:
+        files.append(write_bytes_atomic(figure_dir / fig.name, fig.png))
+    files.append(write_text_atomic(out / "report.md", render_markdown(content)))
+    files.append(write_text_atomic(out / "report.html", render_html(content)))
+    config = {
+        "kvplan_version": __version__,
+        "command": command + " -o " + shlex.quote(str(out_dir)),
+        "grid": grid.to_dict(),
+        "runs": list(runs or []),
+        "status_counts": status_counts(frame),
+        "files": sorted(str(p.relative_to(out)) for p in files) + ["config.json"],
+    }
+    files.append(write_json_atomic(out / "config.json", config))
+    return ReportFiles(out_dir=out, frame=frame, files=files, counts=status_counts(frame))

@@ -1,0 +1,192 @@
+"""`kvplan report`: grid parsing, the report folder, infeasible cells, bad grids, determinism across
+the in-process and process-pool paths. Every sweep here runs the real planner (planner.search)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from planner.errors import KvplanError
+from planner.report.sweep import parse_batches, parse_seqs
+
+# A small grid that still exercises feasible and infeasible cells: OPT-1.3B (MHA, so recompute can
+# pay) on a T4 and an A100; the KV of batch 64 at 16k tokens does not fit a T4 resident.
+SMALL = ("--models", "opt-1.3b", "--gpus", "t4,a100-40g-pcie", "--seqs", "2k,16k", "--batches", "64",
+         "--strategies", "auto,resident,recompute", "--gen", "32")
+
+
+def _report(run_cli, out: Path, *extra: str):
+    return run_cli("report", *SMALL, *extra, "--jobs", "1", "-o", out)
+
+
+@pytest.fixture(scope="module")
+def small_report(tmp_path_factory):
+    from click.testing import CliRunner
+
+    from planner.cli import main
+
+    out = tmp_path_factory.mktemp("report") / "out"
+    result = CliRunner().invoke(
+        main, ["report", *SMALL, "--price", "t4=0.35", "--jobs", "1", "-o", str(out)], catch_exceptions=False
+    )
+    return result, out
+
+
+def test_parse_seqs_lists_ranges_and_suffixes():
+    assert parse_seqs(["1024:32768:x2"]) == [1024, 2048, 4096, 8192, 16384, 32768]
+    assert parse_seqs(["1k,4k,16k"]) == [1024, 4096, 16384]
+    assert parse_seqs(["1k:4k:+1k", "4096"]) == [1024, 2048, 3072, 4096]
+    assert parse_seqs(["3000:9000:x2"]) == [3000, 6000]
+    assert parse_batches(["auto,8", "8,32"]) == [None, 8, 32]
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("4k:1k:x2", "is empty"),
+    ("1k:2k", "START:STOP:STEP"),
+    ("1k:8k:x1", "x2, x4"),
+    ("abc", "not a whole number"),
+    ("1k:8k:+0", "step must be positive"),
+])
+def test_parse_seqs_rejects_bad_ranges(spec, message):
+    with pytest.raises(KvplanError, match=message):
+        parse_seqs([spec])
+
+
+def test_report_folder_has_every_output(small_report):
+    result, out = small_report
+    assert result.exit_code == 0, result.output
+    for name in ("results.csv", "report.html", "report.md", "config.json"):
+        assert (out / name).is_file(), name
+    pngs = sorted(p.name for p in (out / "figures").glob("*.png"))
+    assert "strategies-opt-1-3b.png" in pngs and "fit.png" in pngs and "cost.png" in pngs
+    assert "recompute-fraction.png" in pngs
+    assert "best GPU" not in result.stderr
+    assert "report:" in result.stdout and "Best GPU for each model and context" in result.stdout
+
+
+def test_results_table_one_row_per_configuration_in_grid_order(small_report):
+    _, out = small_report
+    frame = pd.read_csv(out / "results.csv")
+    assert len(frame) == 1 * 2 * 2 * 1 * 3
+    order = list(zip(frame["gpu"], frame["seq"], frame["strategy_request"], strict=True))
+    assert order[:3] == [("t4", 2048, "auto"), ("t4", 2048, "resident"), ("t4", 2048, "recompute")]
+    assert order[-1] == ("a100-40g-pcie", 16384, "recompute")
+    for col in ("decisions.split_tokens", "decisions.kv_placement.host", "decisions.attention_where",
+                "prediction.decode_step_s", "prediction.throughput_tokens_per_s", "prediction.memory_bytes.device",
+                "lower_bound.distance", "status", "reason", "cost_usd_per_mtok"):
+        assert col in frame.columns, col
+    assert not any(c.startswith("solver.") and c.endswith("_s") for c in frame.columns)
+    if (out / "results.parquet").exists():
+        assert len(pd.read_parquet(out / "results.parquet")) == len(frame)
+
+
+def test_cost_per_million_tokens_uses_the_given_price(small_report):
+    _, out = small_report
+    frame = pd.read_csv(out / "results.csv")
+    ok = frame[frame["status"] == "feasible"]
+    t4 = ok[ok["gpu"] == "t4"].iloc[0]
+    expected = 0.35 / 3600 / t4["prediction.throughput_tokens_per_s"] * 1e6
+    assert math.isclose(t4["cost_usd_per_mtok"], expected, rel_tol=1e-9)
+    assert ok[ok["gpu"] == "a100-40g-pcie"]["cost_usd_per_mtok"].isna().all()  # no price given for it
+
+
+def test_infeasible_cells_are_kept_with_their_reason(small_report):
+    _, out = small_report
+    frame = pd.read_csv(out / "results.csv")
+    bad = frame[(frame["gpu"] == "t4") & (frame["seq"] == 16384) & (frame["strategy_request"] == "resident")]
+    assert list(bad["status"]) == ["infeasible"]
+    reason = bad["reason"].iloc[0]
+    assert "GB" in reason and "device memory" in reason
+    page = (out / "report.html").read_text()
+    assert "Infeasible configurations" in page and reason.split(" (")[0][:40] in page
+    assert "Infeasible configurations" in (out / "report.md").read_text()
+
+
+def test_html_is_self_contained_and_markdown_links_the_figures(small_report):
+    _, out = small_report
+    page = (out / "report.html").read_text()
+    n_png = len(list((out / "figures").glob("*.png")))
+    assert page.count('src="data:image/png;base64,') == n_png
+    assert "<script" not in page and "http://" not in page and "https://" not in page
+    md = (out / "report.md").read_text()
+    for png in (out / "figures").glob("*.png"):
+        assert f"(figures/{png.name})" in md
+    assert "Best GPU for each model and context" in md
+
+
+def test_config_records_command_and_grid(small_report):
+    _, out = small_report
+    config = json.loads((out / "config.json").read_text())
+    assert config["grid"]["models"] == ["opt-1.3b"]
+    assert [g["name"] for g in config["grid"]["gpus"]] == ["t4", "a100-40g-pcie"]
+    assert config["grid"]["seqs"] == [2048, 16384] and config["grid"]["configurations"] == 12
+    assert config["grid"]["prices_usd_per_hour"] == {"t4": 0.35}
+    assert config["command"].startswith("kvplan report --models opt-1.3b --gpus t4,a100-40g-pcie")
+
+
+def test_same_grid_same_bytes_in_process_and_on_the_process_pool(run_cli, tmp_path, small_report):
+    _, first = small_report
+    result = run_cli("report", *SMALL, "--price", "t4=0.35", "--jobs", "2", "-o", tmp_path / "pool")
+    assert result.exit_code == 0, result.output
+    assert "2 local processes" in result.stderr
+    for name in ("results.csv", "report.md", "report.html", "figures/fit.png", "figures/strategies-opt-1-3b.png"):
+        assert (tmp_path / "pool" / name).read_bytes() == (first / name).read_bytes(), name
+
+
+def test_json_summary(run_cli, tmp_path):
+    result = run_cli("report", "--models", "opt-125m", "--gpus", "t4", "--seqs", "1k", "--strategies", "auto",
+                     "--json", "-o", tmp_path / "r")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["status_counts"] == {"feasible": 1}
+    assert data["best_gpu"][0]["fastest GPU"] == "t4"
+    assert "results.csv" in data["files"] and "report.html" in data["files"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--models", "llama-99b", "--gpus", "t4", "--seqs", "1k"], "unknown model 'llama-99b'"),
+    (["--models", "opt-125m", "--gpus", "t5", "--seqs", "1k"], "unknown GPU 't5'"),
+    (["--models", "opt-125m", "--gpus", "t4", "--seqs", "8k:1k:x2"], "is empty"),
+    (["--models", "opt-125m", "--gpus", "t4", "--seqs", "1k:8k"], "START:STOP:STEP"),
+    (["--models", "opt-125m", "--gpus", "t4", "--seqs", "12q"], "not a whole number"),
+    (["--models", "opt-125m", "--gpus", "t4"], "--seqs is required"),
+    (["--models", "", "--gpus", "t4", "--seqs", "1k"], "--models is empty"),
+    (["--models", "opt-125m", "--seqs", "1k"], "--gpus is empty"),
+    (["--models", "opt-125m", "--gpus", "t4", "--seqs", "100", "--gen", "128"], "not longer than --gen"),
+    (["--models", "opt-125m", "--gpus", "t4", "--seqs", "1k", "--strategies", "magic"], "unknown strategy"),
+    (["--models", "opt-125m", "--gpus", "t4", "--seqs", "1k", "--batches", "0"], "not a positive batch"),
+    (["--models", "opt-125m", "--gpus", "t4", "--seqs", "1k", "--price", "l4=1"], "not one of the GPUs"),
+    (["--models", "opt-125m", "--gpus", "t4", "--seqs", "1k", "--price", "t4=cheap"], "not a number"),
+    (["--models", "opt-125m", "--gpus", "t4", "--seqs", "1k", "--price", "t4"], "GPU=USD_PER_HOUR"),
+])
+def test_bad_grids_are_one_line_errors(run_cli, tmp_path, args, message):
+    result = run_cli("report", *args, "-o", tmp_path / "r")
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+    assert result.stderr.startswith("Error: ") and result.stderr.count("\n") == 1
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "r").exists()  # nothing solved, nothing written
+
+
+def test_bad_run_record_is_a_one_line_error(run_cli, tmp_path, write_json):
+    bad = write_json("run.json", {"plan": {}, "predicted": {"decode_step_s": 1.0}})
+    result = run_cli("report", "--models", "opt-125m", "--gpus", "t4", "--seqs", "1k", "--runs", bad,
+                     "-o", tmp_path / "r")
+    assert result.exit_code == 2 and "no 'measured' numbers" in result.stderr
+
+
+def test_no_feasible_configuration_is_an_error_but_the_reasons_are_written(run_cli, tmp_path):
+    # Llama-2-70B's KV for 256 sequences of 32k tokens (~2.8 TB) fits no T4, even on disk.
+    result = run_cli("report", "--models", "llama-2-70b", "--gpus", "t4", "--seqs", "32k", "--batches", "256",
+                     "--strategies", "resident,transfer", "-o", tmp_path / "r")
+    assert result.exit_code == 2, result.output
+    last = result.stderr.splitlines()[-1]
+    assert last.startswith("Error: no feasible configuration in the grid (2 tried)")
+    assert result.stderr.count("Error:") == 1
+    frame = pd.read_csv(tmp_path / "r" / "results.csv")
+    assert (frame["status"] == "infeasible").all() and frame["reason"].str.len().min() > 10
+    assert "none feasible" in (tmp_path / "r" / "report.html").read_text()
