@@ -17,6 +17,7 @@ class Efficiency:
     gemm_half_rows: float = 64.0  # rows m at which half of that fraction is reached
     memory_fraction: float = 0.8  # achieved fraction of datasheet memory bandwidth
     attention_memory_fraction: float = 0.6  # decode attention reaches less than a streaming copy
+    elementwise_memory_fraction: float = 0.8  # element-wise kernels (MLP activation)
     launch_s: float = 8e-6  # per-kernel fixed cost
 
     @classmethod
@@ -50,4 +51,4 @@ def attention_time_s(
 
 
 def elementwise_time_s(nbytes: float, memory_gb_per_s: float, eff: Efficiency) -> float:
-    return eff.launch_s + nbytes / (memory_gb_per_s * 1e9 * eff.memory_fraction)
+    return eff.launch_s + nbytes / (memory_gb_per_s * 1e9 * eff.elementwise_memory_fraction)

@@ -13,7 +13,6 @@ import errno
 import mmap
 import os
 import shutil
-import statistics
 import tempfile
 import time
 from collections.abc import Sequence
@@ -21,7 +20,7 @@ from pathlib import Path
 
 from planner.errors import KvplanError
 from planner.profiling.compute import Progress, SampleSet
-from planner.profiling.timing import Repeats
+from planner.profiling.timing import Repeats, lower_quartile
 
 PAGE = 4096
 PROBE_FILE = ".kvplan-disk-probe"
@@ -80,10 +79,6 @@ def _read_all(fd: int, view: memoryview, offset: int) -> None:
         done += n
 
 
-def _median(times: list[float]) -> float:
-    return statistics.median(times)
-
-
 def _time_size(fd: int, view: memoryview, size: int, method: str, reps: Repeats) -> tuple[list[float], list[float]]:
     """Write then read the first `size` bytes, warmup + min_reps times; (write times, read times)."""
     wtimes, rtimes = [], []
@@ -133,8 +128,8 @@ def disk_samples(
                     progress(1)
                 continue
             wtimes, rtimes = _time_size(fd, view, size, method, reps)
-            writes.append([size, _median(wtimes)])
-            reads.append([size, _median(rtimes)])
+            writes.append([size, lower_quartile(wtimes)])
+            reads.append([size, lower_quartile(rtimes)])
             if progress:
                 progress(1)
     except OSError as exc:
@@ -188,7 +183,7 @@ def disk_to_device_samples(disk_dir: Path, sizes: Sequence[int], reps: Repeats, 
                 dev[:size].copy_(pinned[:size], non_blocking=True)
                 torch.cuda.synchronize()
                 times.append(time.perf_counter() - t0)
-            rows.append([size, _median(times)])
+            rows.append([size, lower_quartile(times)])
     finally:
         if fd >= 0:
             os.close(fd)

@@ -19,7 +19,7 @@ def host_memcpy_samples(sizes: Sequence[int], reps: Repeats, budget_s: float,
     def measure(nbytes: int) -> list[float]:
         src = torch.ones(nbytes, dtype=torch.uint8)
         dst = torch.empty(nbytes, dtype=torch.uint8)
-        return [nbytes, timer.median_s(lambda: dst.copy_(src), reps)]
+        return [nbytes, timer.sample_s(lambda: dst.copy_(src), reps)]
 
     rows, skipped = _budgeted(sizes, budget_s, measure, progress)
     return SampleSet(["bytes", "time_s"], rows, skipped)
@@ -36,9 +36,9 @@ def cuda_copy_samples(direction: str, pinned: bool, sizes: Sequence[int], reps: 
         host = torch.ones(nbytes, dtype=torch.uint8, pin_memory=pinned)
         dev = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
         if direction == "h2d":
-            t = timer.median_s(lambda: dev.copy_(host, non_blocking=pinned), reps)
+            t = timer.sample_s(lambda: dev.copy_(host, non_blocking=pinned), reps)
         else:
-            t = timer.median_s(lambda: host.copy_(dev, non_blocking=pinned), reps)
+            t = timer.sample_s(lambda: host.copy_(dev, non_blocking=pinned), reps)
         return [nbytes, t]
 
     rows, skipped = _budgeted(sizes, budget_s, measure, progress)
@@ -51,5 +51,5 @@ def cuda_device_copy_gb_per_s(nbytes: int, reps: Repeats) -> float:
 
     src = torch.ones(nbytes, dtype=torch.uint8, device="cuda")
     dst = torch.empty_like(src)
-    t = Timer("cuda").median_s(lambda: dst.copy_(src), reps)
+    t = Timer("cuda").sample_s(lambda: dst.copy_(src), reps)
     return 2 * nbytes / t / 1e9
