@@ -1,13 +1,160 @@
-"""`kvplan explain` (placeholder while it is being built; replaced by its real module)."""
+"""`kvplan explain plan.json`: the plan for a human — what goes where, why, and the timeline."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
+from planner.cli.output import human_bytes
 from planner.errors import KvplanError
+from planner.layer_costs import kv_bytes_per_token, layer_weight_bytes, recompute_saves_bytes, x_bytes_per_token
+from planner.plan import load_plan
+from planner.search.evaluate import layer_split
+
+BAR_WIDTH = 40
+RESOURCE_WORDS = {
+    "compute": "device compute (projections, attention on device, K,V recompute)",
+    "cpu": "host CPU (attention next to the K,V)",
+    "h2d": "host -> device link (streamed weights, K,V, X)",
+    "disk_read": "disk reads",
+    "d2h": "device -> host link (new token's K,V / X written back)",
+    "disk_write": "disk writes",
+    "chain": "KVPR chain: X arrives, then K,V[0:l] are recomputed",
+    "disk": "the drive (reads + writes share it)",
+}
 
 
-@click.command("explain", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-def command() -> None:
-    """(not built yet)"""
-    raise KvplanError("'kvplan explain' is not built yet")
+def _ms(s: float) -> str:
+    return f"{s * 1e3:.3f} ms"
+
+
+def _bar(value: float, longest: float) -> str:
+    n = 0 if longest <= 0 else round(BAR_WIDTH * value / longest)
+    return "#" * n + "." * (BAR_WIDTH - n)
+
+
+def _need(data: dict[str, Any], *path: str) -> Any:
+    obj: Any = data
+    for key in path:
+        if not isinstance(obj, dict) or key not in obj:
+            raise KvplanError(f"plan has no '{'.'.join(path)}': was it written by 'kvplan solve'?")
+        obj = obj[key]
+    return obj
+
+
+def explain_lines(plan_data: dict[str, Any], model, seq: int, prompt: int, gen: int, decisions) -> list[str]:
+    d = decisions
+    pred = _need(plan_data, "prediction")
+    hw = _need(plan_data, "hardware")
+    inputs = _need(plan_data, "inputs")
+    L = model.num_layers
+    out: list[str] = []
+    out.append(f"Plan: {model.name} on {hw['profile_name']} ({hw['device_name']}, {hw['profile_kind']} profile "
+               f"{hw['profile_hash']})")
+    out.append(f"  context {seq} tokens = prompt {prompt} + gen {gen}; objective {inputs['objective']}; strategy "
+               f"asked {inputs['strategy']}, chosen {d.strategy}; dtype {d.dtype}")
+    out.append("")
+    out.append("What goes where")
+    layers = layer_split(d, L)
+    W = layer_weight_bytes(model, d.dtype)
+    out.append(f"  batch {d.batch} = {d.num_gpu_batches} GPU batch(es) of {d.gpu_batch}; each layer's weights are "
+               f"loaded once per block of {d.num_gpu_batches}")
+    out.append("  weights: " + ", ".join(f"{layers[t]} layers on {t} ({human_bytes(layers[t] * W)})"
+                                        for t in ("device", "host", "disk") if layers[t]))
+    kvpt = kv_bytes_per_token(model, d.dtype)
+    xpt = x_bytes_per_token(model, d.dtype)
+    l_tok = d.split_tokens
+    if l_tok:
+        out.append(f"  tokens [0, {l_tok}) of every sequence are kept as their layer inputs X and their K,V are "
+                   f"recomputed each step (KVPR): X " + _tier_text(d.x_placement, L * d.batch * l_tok * xpt))
+    kv_tokens = seq - l_tok
+    if kv_tokens:
+        out.append(f"  tokens [{l_tok}, {seq}) are kept as K,V: " + _tier_text(d.kv_placement,
+                                                                           L * d.batch * kv_tokens * kvpt))
+    out.append(f"  attention runs on the {'device' if d.attention_where == 'device' else 'host CPU'}")
+    ratio = 2 * model.kv_dim / model.hidden_size
+    if recompute_saves_bytes(model):
+        out.append(f"  X is {1 / ratio:.2f}x the size of K,V for this model (h={model.hidden_size}, "
+                   f"h_kv={model.kv_dim}): recomputing saves link bytes")
+    else:
+        out.append(f"  X is {1 / ratio:.2f}x the size of K,V for this model (GQA, h={model.hidden_size}, "
+                   f"h_kv={model.kv_dim}): recomputing cannot save link bytes, so the planner does not")
+    out.append("")
+    tl = pred.get("timeline", {})
+    busy = pred.get("per_layer_busy_s", {})
+    bound_by = tl.get("bound_by", "?")
+    out.append(f"Why: one decode step at the average context ({pred.get('average_context', '?')} tokens) takes "
+               f"{_ms(pred['decode_step_s'])}, bound by {RESOURCE_WORDS.get(bound_by, bound_by)}")
+    out.append(f"Per-layer timeline (one layer of one decode step; layer time {_ms(pred['per_layer_step_s'])})")
+    rows = dict(busy)
+    if tl.get("chain_s"):
+        rows["chain"] = tl["chain_s"]
+    longest = max([pred["per_layer_step_s"], *rows.values()])
+    for name, value in rows.items():
+        if value <= 0:
+            continue
+        mark = "  <- sets the step" if name == bound_by or (bound_by == "disk" and name.startswith("disk")) else ""
+        out.append(f"  {name:<10} {_bar(value, longest)} {_ms(value):>14}{mark}")
+    overl = tl.get("overlapped", [])
+    if len(overl) > 1:
+        out.append(f"  overlapped (run at the same time): {', '.join(overl)}")
+    for a, b in tl.get("serial", []):
+        out.append(f"  serial: {a} then {b}" if (a, b) != ("disk_read", "disk_write")
+                   else "  serial: disk reads and writes share one drive")
+    out.append(f"  prefill {pred['prefill_s']:.3f} s; total {pred['total_s']:.3f} s for {gen} tokens; "
+               f"throughput {pred['throughput_tokens_per_s']:.2f} tok/s "
+               f"(decode only {pred['decode_throughput_tokens_per_s']:.2f})")
+    if "surrogate_decode_step_s" in pred:
+        out.append(f"  the MILP's linear model said {_ms(pred['surrogate_decode_step_s'])} per step; the full cost "
+                   f"models say {_ms(pred['decode_step_s'])}")
+    out.append("")
+    out.append("Memory at peak")
+    usable = plan_data.get("solver", {}).get("usable_bytes", {})
+    for tier, value in pred.get("memory_bytes", {}).items():
+        cap = usable.get(tier)
+        extra = f" of {human_bytes(cap)} usable" if cap else ""
+        out.append(f"  {tier:<7} {human_bytes(value):>12}{extra}")
+    links = pred.get("link_bytes_per_step", {})
+    moved = ", ".join(f"{k} {human_bytes(v)}" for k, v in links.items() if v)
+    out.append(f"  bytes moved per decode step: {moved or 'none'}")
+    lb = plan_data.get("lower_bound", {})
+    if lb.get("step_s"):
+        out.append(f"Lower bound: {_ms(lb['step_s'])} per step ({lb['bound_by']}: the plan's own bytes over the link "
+                   f"bandwidth or FLOPs over the peak); the plan is at {lb['distance']:.2f}x of it")
+    base = plan_data.get("baselines", {})
+    if base:
+        out.append("")
+        out.append("Pinned strategies (the same MILP with one strategy forced)")
+        for name, b in base.items():
+            if b.get("feasible"):
+                out.append(f"  {name:<14} step {_ms(b['decode_step_s']):>14}  throughput "
+                           f"{b['throughput_tokens_per_s']:10.2f} tok/s  batch {b['batch']}")
+            else:
+                out.append(f"  {name:<14} infeasible: {b.get('reason', '?')}")
+        g = pred.get("gain_over_best_pinned")
+        if g:
+            out.append(f"  this plan vs the best pinned ({g['strategy']}): throughput {g['throughput_pct']:+.1f}%, "
+                       f"decode step time {-g['decode_step_pct']:+.1f}%")
+        t = pred.get("gain_over_transfer")
+        if t:
+            out.append(f"  this plan vs transfer (FlexGen-style): throughput {t['throughput_pct']:+.1f}%, decode step "
+                       f"time {-t['decode_step_pct']:+.1f}%")
+    for w in plan_data.get("warnings", []):
+        out.append(f"Warning: {w}")
+    return out
+
+
+def _tier_text(frac: dict[str, float], total_bytes: float) -> str:
+    parts = [f"{100 * frac[t]:.1f}% on {t} ({human_bytes(frac[t] * total_bytes)})"
+             for t in ("device", "host", "disk") if frac[t] > 0]
+    return ", ".join(parts)
+
+
+@click.command("explain")
+@click.argument("plan_file", type=click.Path(dir_okay=False))
+def command(plan_file: str) -> None:
+    """Explain PLAN_FILE for a human: what goes where, why, and the per-layer timeline."""
+    plan = load_plan(plan_file)
+    for line in explain_lines(plan.data, plan.model, plan.seq, plan.prompt, plan.gen, plan.decisions):
+        click.echo(line)

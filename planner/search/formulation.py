@@ -151,6 +151,11 @@ def _cpu_attention(cost: CostModel, model: ModelConfig, batch: int, context: int
     return cost.attention_s(model, batch, 1, context, dtype, where="cpu")
 
 
+@lru_cache(maxsize=4096)
+def _link_rate(cost: CostModel, link: str, nbytes: int) -> float:
+    return nbytes / cost.transfer_s(link, nbytes)
+
+
 def coefficients(st: Setting, combo: Combo, cost: CostModel, profile: Profile) -> Coeffs:
     m = st.model
     L = m.num_layers
@@ -162,7 +167,10 @@ def coefficients(st: Setting, combo: Combo, cost: CostModel, profile: Profile) -
     seq, prompt = st.seq, st.prompt
     ctx = max(1, round(st.avg_context))
     present = st.seq * st.share  # tokens per sequence present at the average context per unit fraction
-    bw = {name: link.gb_per_s * 1e9 for name, link in profile.links.items()}
+    # Effective link rates (bytes/s) from the cost model at this combo's transfer size: one layer's
+    # K,V for one GPU batch (a measured profile answers from its fitted link models).
+    piece = max(1 << 20, gb * ctx * kvpt)
+    bw = {name: _link_rate(cost, name, piece) for name in ("h2d", "d2h", "disk_read", "disk_write")}
     dev_att = combo.attention_where == "device"
     cuda = not st.host_is_device
 

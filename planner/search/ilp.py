@@ -39,7 +39,9 @@ class IlpResult:
 
 
 def _solver() -> tuple[pulp.LpSolver, str]:
-    highs = pulp.HiGHS(msg=False, threads=1, presolve="off")
+    # presolve off: on these small models it costs more than it saves (benchmarks/solve_speed.py);
+    # tight gaps so the optimum is the optimum (tests compare it with exhaustive search).
+    highs = pulp.HiGHS(msg=False, threads=1, presolve="off", gapRel=1e-7, gapAbs=1e-9)
     if highs.available():
         return highs, "HiGHS"
     return pulp.COIN_CMD(msg=False), "CBC"  # pragma: no cover - highspy is a dependency
@@ -78,6 +80,9 @@ def solve_milp(coeffs: list[Coeffs], zero: list[frozenset[str]], num_layers: int
     per_combo = []
     ys = []
     frac_scale = 1.0 if grid is None else 1.0 / grid
+    # Numerics: times are in units of `tu` (the best combo's fixed compute time per objective unit)
+    # and memory rows in units of their capacity, so every row and the objective are O(1).
+    tu = _time_unit(coeffs)
     for k, co in enumerate(coeffs):
         y = prob.add_variable(f"y_{k}", 0, 1, pulp.LpBinary)
         ys.append(y)
@@ -102,10 +107,10 @@ def solve_milp(coeffs: list[Coeffs], zero: list[frozenset[str]], num_layers: int
         var["T_pf"] = prob.add_variable(f"T_pf_{k}", 0)
         scale["T_dec"] = scale["T_pf"] = 1.0
 
-        def terms(form: LinForm, var=var, scale=scale, y=y) -> list[tuple[pulp.LpVariable, float]]:
-            out = [(var[n], c * scale[n]) for n, c in form.coefs if n in var]
+        def terms(form: LinForm, unit: float = 1.0, var=var, scale=scale, y=y) -> list[tuple[pulp.LpVariable, float]]:
+            out = [(var[n], c * scale[n] / unit) for n, c in form.coefs if n in var]
             if form.const:
-                out.append((y, form.const))  # constants count only for the selected combo
+                out.append((y, form.const / unit))  # constants count only for the selected combo
             return out
 
         def add(lhs: list, sense: int, name: str) -> None:
@@ -127,12 +132,16 @@ def solve_milp(coeffs: list[Coeffs], zero: list[frozenset[str]], num_layers: int
         for group, tvar in ((co.decode, "T_dec"), (co.prefill, "T_pf")):
             for res, form in group.items():
                 if form.const or form.coefs:  # epigraph: T >= this resource's busy time
-                    add(terms(form) + [(var[tvar], -1.0)], pulp.LpConstraintLE, f"{tvar}_{res}_{k}")
+                    add(terms(form, tu) + [(var[tvar], -1.0)], pulp.LpConstraintLE, f"{tvar}_{res}_{k}")
         for tier, cap in caps.items():
             # each combo's memory within the caps when selected: exact, since exactly one combo is
             # selected, and it makes the LP relaxation the convex hull of the union of the combos
-            add(terms(co.memory[tier]) + [(y, -cap)], pulp.LpConstraintLE, f"mem_{tier}_{k}")
-        objective.extend(terms(co.objective))
+            unit = cap if cap > 0 else 1e9
+            add(terms(co.memory[tier], unit) + [(y, -cap / unit)], pulp.LpConstraintLE, f"mem_{tier}_{k}")
+        # T variables are already in units of tu; the tie-break terms are seconds
+        objective.extend((v, c if n in ("T_dec", "T_pf") else c / tu)
+                         for (v, c), n in zip(terms(co.objective), [n for n, _ in co.objective.coefs if n in var],
+                                              strict=True))
         per_combo.append((var, scale))
     prob.setObjective(pulp.LpAffineExpression(objective))
     prob.addConstraint(pulp.LpConstraint(pulp.LpAffineExpression([(y, 1.0) for y in ys]), pulp.LpConstraintEQ,
@@ -150,4 +159,18 @@ def solve_milp(coeffs: list[Coeffs], zero: list[frozenset[str]], num_layers: int
     values: dict[str, float] = {n: 0.0 for n in ALL_VARS}
     for n, v in var.items():
         values[n] = float(v.value() or 0.0) * scale[n]
-    return IlpResult(status, name, chosen, values, float(pulp.value(prob.objective)), n_vars, n_cons)
+    values["T_dec"] *= tu
+    values["T_pf"] *= tu
+    return IlpResult(status, name, chosen, values, float(pulp.value(prob.objective)) * tu, n_vars, n_cons)
+
+
+def _time_unit(coeffs: list[Coeffs]) -> float:
+    """A lower bound of the best objective: each combo's objective with only its fixed times."""
+    best = None
+    for co in coeffs:
+        t_dec = max(f.const for f in co.decode.values())
+        t_pf = max(f.const for f in co.prefill.values())
+        value = co.objective.at({"T_dec": t_dec, "T_pf": t_pf})
+        if value > 0 and (best is None or value < best):
+            best = value
+    return best or 1.0

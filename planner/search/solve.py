@@ -153,9 +153,22 @@ def _diagnose(st: Setting, req: SolveRequest, strategy: str, caps: dict[str, int
     return f"no placement of weights {_gb(weights)} and K,V {_gb(kv_all)} fits ({what})"
 
 
-def solve_strategy(req: SolveRequest, st: Setting, profile: Profile, strategy: str,
-                   caps: dict[str, int], cache: dict[Combo, Coeffs] | None = None) -> StrategyResult:
-    """The MILP with `strategy` pinned ("auto": nothing pinned), re-evaluated with the full models."""
+def setting_for_request(req: SolveRequest, profile: Profile) -> tuple[Setting, dict[str, int]]:
+    validate_request(req)
+    dtype = resolve_dtype(req, profile)
+    caps = capacities(req, profile)
+    st = Setting(
+        model=req.model, dtype=dtype, seq=req.seq, prompt=req.prompt_tokens, gen=req.gen,
+        host_is_device=profile.host_is_device, device_cap_bytes=caps["device"], host_cap_bytes=caps["host"],
+        disk_cap_bytes=caps["disk"], objective=req.objective,
+    )
+    return st, caps
+
+
+def build_problem(req: SolveRequest, st: Setting, profile: Profile, strategy: str, caps: dict[str, int],
+                  cache: dict[Combo, Coeffs] | None = None) -> tuple[list[Coeffs], list[frozenset[str]]]:
+    """The combos of `strategy` ("auto": nothing pinned) with their coefficients and pinned variables;
+    the MILP and the exhaustive search (tests) both take exactly this."""
     cost = cost_model_for(profile)
     combos = combos_for(req.batch, profile.host_is_device, strategy)
     cache = {} if cache is None else cache
@@ -165,22 +178,35 @@ def solve_strategy(req: SolveRequest, st: Setting, profile: Profile, strategy: s
         co = cache.get(combo)
         if co is None:
             co = cache[combo] = coefficients(st, combo, cost, profile)
-        zero = pinned_zero(strategy, combo, profile.host_is_device)
         # skip combos whose fixed device memory alone exceeds the device (keeps the MILP small)
         if co.memory["device"].const > caps["device"]:
             continue
         coeffs.append(co)
-        zeros.append(zero)
+        zeros.append(pinned_zero(strategy, combo, profile.host_is_device))
     if not coeffs:
         raise Infeasible(_diagnose(st, req, strategy, caps, combos))
+    return coeffs, zeros
+
+
+def solve_surrogate(req: SolveRequest, st: Setting, profile: Profile, strategy: str, caps: dict[str, int],
+                    cache: dict[Combo, Coeffs] | None = None) -> tuple[IlpResult, Combo, int]:
+    """The MILP alone: (result, chosen combo, number of combos); raises Infeasible."""
+    coeffs, zeros = build_problem(req, st, profile, strategy, caps, cache)
     result = solve_milp(coeffs, zeros, st.model.num_layers, {t: float(c) for t, c in caps.items()}, req.grid)
     if result.index is None:
+        combos = combos_for(req.batch, profile.host_is_device, strategy)
         raise Infeasible(_diagnose(st, req, strategy, caps, combos))
-    combo = coeffs[result.index].combo
+    return result, coeffs[result.index].combo, len(coeffs)
+
+
+def solve_strategy(req: SolveRequest, st: Setting, profile: Profile, strategy: str,
+                   caps: dict[str, int], cache: dict[Combo, Coeffs] | None = None) -> StrategyResult:
+    """The MILP with `strategy` pinned ("auto": nothing pinned), re-evaluated with the full models."""
+    result, combo, n_combos = solve_surrogate(req, st, profile, strategy, caps, cache)
     decisions = decisions_from_values(st, combo, result.values)
     inputs = {"seq": st.seq, "prompt": st.prompt, "gen": st.gen, "objective": st.objective}
     prediction = evaluate(st.model, inputs, decisions, profile)
-    return StrategyResult(decisions, prediction, result, len(coeffs))
+    return StrategyResult(decisions, prediction, result, n_combos)
 
 
 def _better(a: dict[str, Any], b: dict[str, Any], objective: str) -> bool:
@@ -200,14 +226,8 @@ def _gain(pred: dict[str, Any], base: dict[str, Any], name: str) -> dict[str, An
 
 def solve(request: SolveRequest, profile: Profile) -> dict[str, Any]:
     """The full plan object for `request` on `profile` (deterministic; raises Infeasible)."""
-    validate_request(request)
-    dtype = resolve_dtype(request, profile)
-    caps = capacities(request, profile)
-    st = Setting(
-        model=request.model, dtype=dtype, seq=request.seq, prompt=request.prompt_tokens, gen=request.gen,
-        host_is_device=profile.host_is_device, device_cap_bytes=caps["device"], host_cap_bytes=caps["host"],
-        disk_cap_bytes=caps["disk"], objective=request.objective,
-    )
+    st, caps = setting_for_request(request, profile)
+    dtype = st.dtype
     results: dict[str, StrategyResult] = {}
     cache: dict[Combo, Coeffs] = {}
     baselines: dict[str, Any] = {}
