@@ -143,7 +143,7 @@ def measured_table(records: list[RunRecord]) -> Table:
             gap = (m / p - 1.0) * 100 if p else math.nan
             rows.append((rec.label, metric, fmt_num(p), fmt_num(m), "-" if math.isnan(gap) else f"{gap:+.1f}%"))
     return Table(
-        "Predicted vs measured",
+        "Predicted vs measured, per run",
         "Each run record (from kvplan execute --out): the plan's prediction, what the runtime measured, and the "
         "gap (measured / predicted - 1).",
         ("run", "metric", "predicted", "measured", "gap"), tuple(rows),
