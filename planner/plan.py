@@ -139,7 +139,53 @@ def plan_from_dict(data: Any, origin: str = "<plan>") -> Plan:
     if prompt + gen > seq:
         raise KvplanError(f"plan {origin}: prompt {prompt} + gen {gen} exceeds seq {seq}")
     decisions = decisions_from_dict(data["decisions"], seq)
+    _check_predicted_sections(data, origin)
     return Plan(model=model, seq=seq, prompt=prompt, gen=gen, decisions=decisions, data=data)
+
+
+# Sections `kvplan solve` writes (docs/plan-schema.md). A hand-written plan may leave them out (the
+# runtime needs only model, inputs and decisions); a plan that has a "solver" section was written by
+# the planner and must have them all.
+PREDICTION_NUMBERS = (
+    "decode_step_s", "prefill_s", "total_s", "throughput_tokens_per_s", "decode_throughput_tokens_per_s",
+    "per_layer_step_s", "surrogate_decode_step_s",
+)
+PREDICTION_MAPS = ("per_layer_busy_s", "memory_bytes", "link_bytes_per_step")
+
+
+def _number(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value < 0 \
+            or value == float("inf"):
+        raise KvplanError(f"plan {where} must be a non-negative number, got {value!r}")
+    return float(value)
+
+
+def _check_predicted_sections(data: dict[str, Any], origin: str) -> None:
+    written_by_planner = "solver" in data
+    pred = data.get("prediction")
+    if pred is None and not written_by_planner:
+        return
+    if not isinstance(pred, dict):
+        raise KvplanError(f"plan {origin}: 'prediction' must be an object")
+    for key in PREDICTION_NUMBERS:
+        if key in pred:
+            _number(pred[key], f"{origin} prediction.{key}")
+        elif written_by_planner:
+            raise KvplanError(f"plan {origin}: prediction is missing '{key}'")
+    for key in PREDICTION_MAPS:
+        if key in pred:
+            if not isinstance(pred[key], dict):
+                raise KvplanError(f"plan {origin}: prediction.{key} must be an object")
+            for name, value in pred[key].items():
+                _number(value, f"{origin} prediction.{key}.{name}")
+        elif written_by_planner:
+            raise KvplanError(f"plan {origin}: prediction is missing '{key}'")
+    if written_by_planner:
+        for key in ("hardware", "baselines", "lower_bound", "warnings"):
+            if key not in data:
+                raise KvplanError(f"plan {origin} is missing '{key}'")
+        if not isinstance(data["warnings"], list) or not all(isinstance(w, str) for w in data["warnings"]):
+            raise KvplanError(f"plan {origin}: 'warnings' must be a list of strings")
 
 
 def load_plan(path: str | Path) -> Plan:
