@@ -34,7 +34,7 @@ from planner.models import ModelConfig
 from planner.plan import Decisions
 from runtime import model as M
 from runtime.measure import Recorder
-from runtime.tiers import TokenStore, WeightStore, align_up, flat_layout
+from runtime.tiers import GatherBuffer, TokenStore, WeightStore, align_up, flat_layout
 
 LINKS = ("disk", "h2d")
 
@@ -77,6 +77,9 @@ def memory_needed(s: Setup) -> dict[str, int]:
     # working set of one GPU batch at the full context: K,V gathered, scores, MLP activations
     work = d.gpu_batch * (s.seq * 2 * m.kv_dim * 3 + m.num_heads * s.seq * 2 + 4 * m.intermediate_size) * elem
     need["device"] += work + d.batch * m.vocab_size * 4
+    # two K,V gather buffers per GPU batch (double buffering), rows = seq
+    need["host" if d.attention_where == "cpu" else "device"] += 2 * d.num_gpu_batches * (
+        (s.seq + 1) * d.gpu_batch * 2 * m.kv_dim * elem + 3 * 4096)
     # random weights are generated one layer at a time in float32
     need["host"] += sum(_numel(sh) for sh in M.layer_weight_shapes(m).values()) * 4 * 2
     return need
@@ -163,6 +166,9 @@ class Executor:
         except BaseException:
             self.close()
             raise
+        disk_t0 = next((sp.t0 for sp in self.kv.spans if sp.tier == "disk"), None)
+        self.bufs = {(slot, j): GatherBuffer(s.seq, self.gb, 2 * self.m.kv_dim, self.dtype, self.att_dev, disk_t0)
+                     for slot in range(2) for j in range(self.ngb)}
         self.workers = {link: ThreadPoolExecutor(1, thread_name_prefix=f"kvplan-{link}") for link in LINKS}
         self.pending: dict[tuple[int, int], dict] = {}
         self.writes: list[Future] = []
@@ -194,6 +200,11 @@ class Executor:
         with self.rec.busy(n, i, res, (b - a) * store.token_bytes):
             return store.read(sp, i, j, a, b, target)
 
+    def _timed_read_into(self, sp, n: int, i: int, j: int, a: int, b: int, buf: GatherBuffer) -> None:
+        res = "disk_read" if sp.tier == "disk" else "h2d"
+        with self.rec.busy(n, i, res, (b - a) * self.kv.token_bytes):
+            self.kv.read_into(sp, i, j, a, b, buf)
+
     def _timed_weights(self, n: int, i: int, res: str) -> dict[str, torch.Tensor]:
         with self.rec.busy(n, i, res, self.weights.record_bytes):
             return self.weights.get(i)
@@ -209,7 +220,25 @@ class Executor:
                 parts.append(self._on_worker(link, self._timed_read, store, sp, n, i, j, lo, hi, target))
         return parts
 
-    def _submit(self, n: int, i: int, t: int) -> None:
+    def _kv_plan(self, n: int, i: int, j: int, t: int, slot: int) -> dict:
+        """How K,V[l:t] of one GPU batch reach attention: in place (one local piece that will also take
+        the new token: no copy at all), or gathered into a buffer (link pieces read straight into it)."""
+        pieces = self.kv.pieces(self.l, t)
+        if t >= self.l and self.l == 0 and all(self.kv.is_local(sp, self.att_dev) for sp, _, _ in pieces):
+            sp_new = self.kv.span_of(t)
+            if self.kv.is_local(sp_new, self.att_dev) and all(sp == sp_new for sp, _, _ in pieces):
+                return {"in_place": sp_new}
+        buf = self.bufs[(slot, j)]
+        local, futures = [], []
+        for sp, lo, hi in pieces:
+            if self.kv.is_local(sp, self.att_dev):
+                local.append((sp, lo, hi))
+            else:
+                link = "disk" if sp.tier == "disk" else "h2d"
+                futures.append(self._on_worker(link, self._timed_read_into, sp, n, i, j, lo, hi, buf))
+        return {"buf": buf, "local": local, "futures": futures}
+
+    def _submit(self, n: int, i: int, t: int, slot: int) -> None:
         """Queue every read layer i of step n needs (context t): weights, then X then K,V per GPU batch."""
         entry: dict = {"t": t}
         res = self.weights.streamed(i)
@@ -217,10 +246,9 @@ class Executor:
             entry["w"] = self.weights.get(i)
         else:
             entry["w"] = self._on_worker("disk" if res == "disk_read" else "h2d", self._timed_weights, n, i, res)
-        kv_target = self.att_dev
         for j in range(self.ngb):
             entry[("x", j)] = self._fetch(self.x, n, i, j, 0, min(self.l, t))
-            entry[("kv", j)] = self._fetch(self.kv, n, i, j, self.l, t, kv_target)
+            entry[("kv", j)] = self._kv_plan(n, i, j, t, slot)
         self.pending[(n, i)] = entry
 
     def _timed_write(self, store: TokenStore, n: int, i: int, j: int, pos: int, data: torch.Tensor) -> None:
@@ -286,7 +314,7 @@ class Executor:
         out = []
         order = [(n, i) for n in range(steps) for i in range(self.L)]
         cur = tokens.to(self.dev)
-        self._submit(0, 0, start)
+        self._submit(0, 0, start, 0)
         for k, (n, i) in enumerate(order):
             t = start + n
             if i == 0:
@@ -299,38 +327,51 @@ class Executor:
             # prefetch the next layer's data now, unless it must see this layer's write-back first
             early = nxt is not None and nxt[1] != i
             if early:
-                self._submit(nxt[0], nxt[1], start + nxt[0])
+                self._submit(nxt[0], nxt[1], start + nxt[0], (k + 1) % 2)
             entry = self.pending.pop((n, i))
             w = self._ready(entry["w"])
             pos_new = torch.tensor([t], device=self.dev)
+            att_res = "cpu" if self.d.attention_where == "cpu" else "compute"
+            ad = self.att_dev
             for j in range(self.ngb):
                 with self.rec.busy(n, i, "compute"):
                     x_new = M.input_norm(a, w, hs[j])
                     q = M.query(a, w, x_new, pos_new)
                     kv_new = M.kv_from_x(a, w, x_new, pos_new)
                 x_parts = [self._ready(p) for p in entry[("x", j)]]
-                with self.rec.busy(n, i, "compute"):
-                    pieces = []
-                    if x_parts:
+                kv_rec = None
+                if x_parts:
+                    with self.rec.busy(n, i, "compute"):
                         x_old = torch.cat(x_parts, dim=1) if len(x_parts) > 1 else x_parts[0]
-                        lt = x_old.shape[1]
-                        pieces.append(M.kv_from_x(a, w, x_old, torch.arange(lt, device=self.dev)))
-                kv_parts = [self._ready(p) for p in entry[("kv", j)]]
-                att_res = "cpu" if self.d.attention_where == "cpu" else "compute"
-                with self.rec.busy(n, i, att_res):
-                    ad = self.att_dev
-                    kv_all = torch.cat([p.to(ad) for p in pieces] + kv_parts + [kv_new.to(ad)], dim=1)
-                    attn = M.attention(a, q.to(ad), kv_all, causal=False).to(self.dev)
-                    del kv_all, kv_parts, x_parts, pieces
+                        kv_rec = M.kv_from_x(a, w, x_old, torch.arange(x_old.shape[1], device=self.dev))
+                kvp = entry[("kv", j)]
+                wrote = False
+                if "in_place" in kvp:  # resident K,V: append the new token, attend over the store itself
+                    self._write_back(self.kv, n, i, j, t, kv_new)
+                    wrote = True
+                    with self.rec.busy(n, i, att_res):
+                        kv_all = self.kv.read(kvp["in_place"], i, j, self.l, t + 1, ad)
+                        attn = M.attention(a, q.to(ad), kv_all, causal=False).to(self.dev)
+                else:
+                    for f in kvp["futures"]:
+                        f.result()  # link pieces are now in their rows of the buffer
+                    buf = kvp["buf"]
+                    with self.rec.busy(n, i, att_res):
+                        if kv_rec is not None:
+                            buf.tensor[:kv_rec.shape[1]].copy_(kv_rec.transpose(0, 1))
+                        for sp, lo, hi in kvp["local"]:
+                            buf.tensor[lo:hi].copy_(self.kv.read(sp, i, j, lo, hi, ad).transpose(0, 1))
+                        buf.tensor[t].copy_(kv_new[:, 0])
+                        attn = M.attention(a, q.to(ad), buf.rows_view(0, t + 1), causal=False).to(self.dev)
                 with self.rec.busy(n, i, "compute"):
                     hs[j] = M.finish_layer(a, w, hs[j], attn)
                 if t < self.l:
                     self._write_back(self.x, n, i, j, t, x_new)
-                else:
+                elif not wrote:
                     self._write_back(self.kv, n, i, j, t, kv_new)
             del w, entry
             if nxt is not None and not early:
-                self._submit(nxt[0], nxt[1], start + nxt[0])
+                self._submit(nxt[0], nxt[1], start + nxt[0], (k + 1) % 2)
             self.rec.mark_layer_end(n, i)
             if i == self.L - 1:
                 with self.rec.busy(n, -1, "compute"):

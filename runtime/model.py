@@ -256,12 +256,28 @@ def query(a: Arch, w: dict[str, torch.Tensor], x: torch.Tensor, positions: torch
     return rope(a, q, positions) if a.rotary else q
 
 
-def attention(a: Arch, q: torch.Tensor, kv: torch.Tensor, causal: bool) -> torch.Tensor:
-    """q [b, heads, t, d] over kv [b, keys, 2*kv_dim]; returns [b, t, heads*d]. With `causal`, the
-    t queries are the last t of the keys (prefill); without, every query sees every key (decode)."""
+def _kv_heads(a: Arch, kv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     kvd = a.kv_heads * a.head_dim
-    k = _heads(kv[..., :kvd], a.kv_heads, a.head_dim)
-    v = _heads(kv[..., kvd:], a.kv_heads, a.head_dim)
+    return _heads(kv[..., :kvd], a.kv_heads, a.head_dim), _heads(kv[..., kvd:], a.kv_heads, a.head_dim)
+
+
+def attention(a: Arch, q: torch.Tensor, kv: torch.Tensor, causal: bool) -> torch.Tensor:
+    """q [b, heads, t, d] over kv [b, keys, 2*kv_dim] (any strides); returns [b, t, heads*d]. With
+    `causal`, query i sees keys 0..i (prefill from an empty cache, t == keys); without, every query sees
+    every key (decode). torch's fused scaled_dot_product_attention, grouped-query heads included."""
+    k, v = _kv_heads(a, kv)
+    if causal and q.shape[2] != k.shape[2]:
+        raise ValueError("causal attention here is for a prefill from an empty cache")
+    gqa = a.heads != a.kv_heads
+    out = F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=gqa)
+    b, _, t, _ = out.shape
+    return out.transpose(1, 2).reshape(b, t, a.heads * a.head_dim)
+
+
+def attention_naive(a: Arch, q: torch.Tensor, kv: torch.Tensor, causal: bool) -> torch.Tensor:
+    """The same attention written out (softmax(q k^T / sqrt(d)) v, K,V heads repeated for GQA): the
+    reference forward uses it, so the tests also check the fused kernel."""
+    k, v = _kv_heads(a, kv)
     if a.heads != a.kv_heads:  # GQA: each KV head serves heads/kv_heads query heads
         g = a.heads // a.kv_heads
         k = k.repeat_interleave(g, dim=1)
@@ -310,5 +326,5 @@ def reference_logits(m: ModelConfig, outer: dict[str, torch.Tensor], layers: lis
     for w in layers:
         x = input_norm(a, w, h)
         kv = kv_from_x(a, w, x, positions)
-        h = finish_layer(a, w, h, attention(a, query(a, w, x, positions), kv, causal=True))
+        h = finish_layer(a, w, h, attention_naive(a, query(a, w, x, positions), kv, causal=True))
     return head(a, outer, h)

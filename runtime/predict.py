@@ -3,12 +3,13 @@ decisions with a profile of this machine (planner.search.evaluate, the planner's
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from planner.errors import KvplanError
-from planner.plan import Plan
+from planner.plan import Decisions, Plan
 from planner.profile import Profile, find_local_profile, load_profile
 
 RESOURCES = ("compute", "cpu", "h2d", "disk_read", "d2h", "disk_write")
@@ -28,7 +29,21 @@ def repredict(plan: Plan, profile: Profile) -> dict[str, Any]:
         from planner.search import evaluate
     except ImportError as exc:  # the planner's evaluator is not installed in this tree
         raise KvplanError(f"cannot re-predict: planner.search.evaluate is not available ({exc})") from exc
-    return evaluate(plan.model, plan.data["inputs"], plan.decisions, profile)
+    return evaluate(plan.model, plan.data["inputs"], as_run_on(plan.decisions, profile), profile)
+
+
+def _fold_host(fr: dict[str, float]) -> dict[str, float]:
+    return {"device": fr["device"] + fr["host"], "host": 0.0, "disk": fr["disk"]}
+
+
+def as_run_on(d: Decisions, profile: Profile) -> Decisions:
+    """The decisions as they physically run on `profile`'s machine. On a CPU-only machine host memory
+    is device memory and the CPU is the device, so a GPU plan's host tier is RAM that needs no copy
+    (folded into "device") and its CPU attention is device attention (docs/runtime.md)."""
+    if not profile.host_is_device:
+        return d
+    return dataclasses.replace(d, attention_where="device", kv_placement=_fold_host(d.kv_placement),
+                               x_placement=_fold_host(d.x_placement), weight_placement=_fold_host(d.weight_placement))
 
 
 def _lower_bound(pred: dict[str, Any], plan: Plan) -> dict[str, Any] | None:
@@ -43,8 +58,7 @@ def choose_prediction(plan: Plan, local_type: str, profile_path: str | Path | No
     plan_type = hw.get("device_type")
     if profile_path is not None:
         prof = load_profile(profile_path)
-        pred = repredict(plan, prof)
-        return Prediction(pred, _lower_bound(pred, plan), prof, f"re-predicted with --profile {prof.name}")
+        return _repredicted(plan, prof, f"re-predicted with --profile {prof.name}")
     local = find_local_profile()
     local_prof = load_profile(local) if local is not None else None
     own = plan.data.get("prediction") if isinstance(plan.data.get("prediction"), dict) else None
@@ -57,11 +71,18 @@ def choose_prediction(plan: Plan, local_type: str, profile_path: str | Path | No
                f"this machine runs on {local_type}" if plan_type != local_type else "the plan has no prediction")
         return Prediction(None, None, None, f"no prediction: {why} and there is no profile of this machine; "
                           "run 'kvplan profile' (or pass --profile FILE) to compare against predictions")
-    prof = local_prof
-    assert prof is not None
-    pred = repredict(plan, prof)
-    what = (f"the plan was made for {hw.get('profile_name', '?')} ({plan_type}); re-predicted with this "
-            f"machine's profile {prof.name}") if plan_type != local_type else f"re-predicted with {prof.name}"
+    what = f"re-predicted with {local_prof.name}"
+    if plan_type != local_type:
+        what = (f"the plan was made for {hw.get('profile_name', '?')} ({plan_type}); re-predicted with this "
+                f"machine's profile {local_prof.name}")
+    return _repredicted(plan, local_prof, what)
+
+
+def _repredicted(plan: Plan, prof: Profile, what: str) -> Prediction:
+    try:
+        pred = repredict(plan, prof)
+    except KvplanError as exc:  # e.g. CPU attention re-predicted on a CPU-only profile
+        return Prediction(None, None, prof, f"no prediction: cannot re-predict with {prof.name}: {exc}")
     return Prediction(pred, _lower_bound(pred, plan), prof, what)
 
 

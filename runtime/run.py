@@ -5,6 +5,7 @@ The CLI (planner/cli/execute_cmd.py) only parses options and prints; benchmarks 
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import time
@@ -34,6 +35,7 @@ class RunOptions:
     fill: str = "auto"  # "prefill" | "random" | "auto"
     device: str = "auto"  # "cpu" | "cuda" | "auto"
     seed: int = 0
+    threads: int | None = None  # torch intra-op threads for the compute thread (default: torch's choice)
 
 
 def check_plan_against_model(plan: Plan) -> None:
@@ -81,6 +83,11 @@ def execute_plan(plan: Plan, opts: RunOptions) -> dict[str, Any]:
     if N < 1 or N > gen:
         raise KvplanError(f"--steps must be in [1, {gen}] (the plan generates {gen} tokens), got {N}")
     device = pick_device(opts.device)
+    if opts.threads is not None:
+        if opts.threads < 1:
+            raise KvplanError(f"--threads must be at least 1, got {opts.threads}")
+        torch.set_num_threads(opts.threads)
+    load_before = os.getloadavg()[0]
     # run the N steps centred on the plan's average context prompt + (gen-1)/2 (docs/plan-schema.md)
     start = plan.prompt + (gen - N) // 2
     prefill_flops = 2.0 * d.batch * start * layer_weight_params(m) * K
@@ -168,7 +175,9 @@ def execute_plan(plan: Plan, opts: RunOptions) -> dict[str, Any]:
                  "hardware": plan.data.get("hardware"), "decisions": d.to_dict()},
         "run": {"device": device, "layers_run": K, "layers_total": L, "steps": N, "start_context": start,
                 "average_context": start + (N - 1) / 2, "fill": fill, "direct_io": direct,
-                "memory_needed_bytes": need, "torch_threads": torch.get_num_threads()},
+                "memory_needed_bytes": need, "torch_threads": torch.get_num_threads(),
+                "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+                "cpu_count": os.cpu_count()},
         "prediction_source": pred.source,
         "profile": pred.profile.name if pred.profile else None,
         "predicted": pred.data,

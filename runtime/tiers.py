@@ -110,6 +110,23 @@ class DiskFile:
         self.bytes_read += end - start
         return buf[offset - start:offset - start + nbytes]
 
+    def read_at(self, offset: int, nbytes: int, raw: torch.Tensor, index: int) -> None:
+        """Read bytes [offset, offset+nbytes) straight into raw[index:index+nbytes] (no staging copy).
+        The page-aligned span around them is read, so up to a page before `index` and after the end
+        is overwritten too: raw[index] must sit at the same offset within its page as `offset`, and
+        the caller fills the neighbouring bytes only after the read (GatherBuffer)."""
+        start = offset - offset % PAGE
+        end = align_up(offset + nbytes)
+        lo = index - (offset - start)
+        dst = raw[lo:lo + end - start]
+        if lo < 0 or dst.numel() != end - start or dst.data_ptr() % PAGE:
+            raise AssertionError("read_at: destination is not page-aligned like the file offset")
+        self._drop_cache()
+        got = os.preadv(self.fd, [dst.numpy()], start)
+        if got < offset + nbytes - start:
+            raise KvplanError(f"short read from {self.path}: {got} of {end - start} bytes")
+        self.bytes_read += end - start
+
     def _page(self, page_off: int, region: int) -> torch.Tensor:
         if self.tail_off.get(region) == page_off:
             return self.tail[region]
@@ -158,6 +175,34 @@ def split_range(lo: int, hi: int, fractions: dict[str, float]) -> list[Span]:
             spans.append(Span(tier, start, stop))
         start = max(start, stop)
     return spans
+
+
+class GatherBuffer:
+    """Where one GPU batch's K,V for one layer are assembled for attention, token-major
+    [positions, gpu_batch, width], row p = position p: recomputed rows, streamed rows, the new token.
+    On the CPU, disk pieces are read straight into their rows (O_DIRECT needs the row's address to
+    sit at the same offset within a page as the file offset, so the base is placed accordingly and a
+    page of slack is kept on both sides)."""
+
+    def __init__(self, rows: int, gpu_batch: int, width: int, dtype: torch.dtype, device: torch.device,
+                 disk_t0: int | None):
+        self.rows, self.gb, self.width, self.dtype = rows, gpu_batch, width, dtype
+        elem = torch.empty(0, dtype=dtype).element_size()
+        self.row_bytes = gpu_batch * width * elem
+        n = rows * self.row_bytes
+        if device.type == "cpu":
+            self.raw = aligned_empty(n + 3 * PAGE)
+            shift = (-(disk_t0 or 0) * self.row_bytes) % PAGE  # base + t0*row is page-aligned
+            self.base = PAGE + shift
+            self.tensor = self.raw[self.base:self.base + n].view(dtype).view(rows, gpu_batch, width)
+        else:
+            self.raw = torch.empty(0, dtype=torch.uint8)
+            self.base = 0
+            self.tensor = torch.empty(rows, gpu_batch, width, dtype=dtype, device=device)
+
+    def rows_view(self, a: int, b: int) -> torch.Tensor:
+        """Rows [a, b) as [gpu_batch, tokens, width] (a strided view, no copy)."""
+        return self.tensor[a:b].transpose(0, 1)
 
 
 class TokenStore:
@@ -237,6 +282,16 @@ class TokenStore:
         if t.device.type != target.type:
             t = t.to(target, non_blocking=t.is_pinned())
         return t.transpose(0, 1)
+
+    def read_into(self, sp: Span, layer: int, j: int, a: int, b: int, buf: GatherBuffer) -> None:
+        """Positions [a, b) of GPU batch j from tier `sp` into rows [a, b) of `buf`."""
+        if sp.tier == "disk" and buf.raw.numel():
+            assert self.disk is not None
+            self.disk.read_at(self._offset(layer, j, sp, a), (b - a) * self.token_bytes, buf.raw,
+                              buf.base + a * buf.row_bytes)
+            return
+        src = self.read(sp, layer, j, a, b, buf.tensor.device)  # [gb, n, width]
+        buf.tensor[a:b].copy_(src.transpose(0, 1), non_blocking=True)
 
     def is_local(self, sp: Span, target: torch.device | None = None) -> bool:
         """True when reading `sp` onto `target` is a view: no link is crossed."""

@@ -37,18 +37,20 @@ def _fmt(v, unit: str) -> str:
 @click.option("--fill", type=click.Choice(["auto", "prefill", "random"]), default="auto", show_default=True,
               help="Fill the caches by a real prefill, or with random values (timing only; fast at long contexts).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--threads", type=int, default=None, help="torch threads for the compute (default: torch's choice).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights and tokens.")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the full run record (JSON) here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run record as JSON instead of tables.")
-def command(plan_file: Path, steps, layers, disk_dir, weights_dir, profile_path, fill, device, seed, out_path,
-            as_json) -> None:
+def command(plan_file: Path, steps, layers, disk_dir, weights_dir, profile_path, fill, device, threads, seed,
+            out_path, as_json) -> None:
     """Run a plan for real and report measured vs predicted time per resource."""
     from runtime.run import RunOptions, execute_plan  # torch is imported only when a run is asked for
 
     plan = load_plan(plan_file)
     record = execute_plan(plan, RunOptions(steps=steps, layers=layers, disk_dir=disk_dir, weights_dir=weights_dir,
-                                           profile_path=profile_path, fill=fill, device=device, seed=seed))
+                                           profile_path=profile_path, fill=fill, device=device, seed=seed,
+                                           threads=threads))
     record["plan_file"] = str(plan_file)
     if out_path is not None:
         write_json_atomic(out_path, record)
@@ -61,7 +63,8 @@ def command(plan_file: Path, steps, layers, disk_dir, weights_dir, profile_path,
                f"context {run['start_context']}..{run['start_context'] + run['steps']}, split l={d['split_tokens']}, "
                f"{d['strategy']}, {d['dtype']} on {run['device']}; {run['steps']} steps, "
                f"{run['layers_run']}/{run['layers_total']} layers, fill={run['fill']}, "
-               f"direct I/O={'yes' if run['direct_io'] else 'no'}")
+               f"direct I/O={'yes' if run['direct_io'] else 'no'}, {run['torch_threads']} torch threads, "
+               f"load average {run['load_average_1min'][0]:.2f} on {run['cpu_count']} CPUs")
     rows = []
     for r in record["comparison"]:
         gap = "" if r["gap_pct"] is None else f"{r['gap_pct']:+.1f}%"

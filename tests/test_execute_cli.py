@@ -1,0 +1,165 @@
+"""`kvplan execute` as a user runs it: reports, run records, refusals of bad or oversized plans."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+
+import pytest
+
+from planner.models import CATALOG
+
+TINY = dataclasses.replace(
+    CATALOG["opt-125m"], name="tiny-opt", hidden_size=64, num_layers=3, num_heads=4, num_kv_heads=4, head_dim=16,
+    intermediate_size=128, vocab_size=101, max_position_embeddings=64)
+DISK = {"device": 0.0, "host": 0.0, "disk": 1.0}
+RAM = {"device": 1.0, "host": 0.0, "disk": 0.0}
+
+
+def tiny_plan(**decisions) -> dict:
+    d = {"strategy": "recompute", "dtype": "float32", "batch": 4, "gpu_batch": 2, "num_gpu_batches": 2,
+         "split_tokens": 10, "kv_placement": DISK, "x_placement": DISK, "weight_placement": RAM,
+         "attention_where": "device"}
+    d.update(decisions)
+    return {
+        "schema_version": 1, "model": TINY.to_dict(),
+        "hardware": {"profile_name": "hand-made", "profile_kind": "measured", "profile_hash": "none",
+                     "device_type": "cpu", "device_name": "cpu"},
+        "inputs": {"model": "tiny-opt", "seq": 40, "prompt": 24, "gen": 16, "batch": d["batch"],
+                   "objective": "throughput", "strategy": "auto", "dtype": "float32", "gpu_mem_bytes": None,
+                   "cpu_mem_bytes": None, "disk_bytes": None},
+        "decisions": d,
+    }
+
+
+@pytest.fixture
+def no_local_profile(monkeypatch):
+    """Behave as on a machine where 'kvplan profile' was never run."""
+    monkeypatch.setattr("runtime.predict.find_local_profile", lambda: None)
+
+
+def test_execute_reports_measured_and_writes_record(run_cli, write_json, tmp_path, no_local_profile):
+    plan = write_json("plan.json", tiny_plan())
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    out = tmp_path / "run.json"
+    result = run_cli("execute", plan, "--steps", "4", "--disk-dir", disk, "--out", out)
+    assert result.exit_code == 0, result.stderr
+    assert "predicted vs measured" in result.stdout
+    assert "disk_read busy per layer" in result.stdout
+    assert "run 'kvplan profile'" in result.stdout  # no prediction to compare with: says how to get one
+    rec = json.loads(out.read_text())
+    assert rec["run"]["steps"] == 4 and rec["run"]["layers_run"] == 3
+    assert rec["run"]["start_context"] == 24 + (16 - 4) // 2  # centred on the plan's average context
+    assert rec["run"]["fill"] == "prefill" and isinstance(rec["run"]["direct_io"], bool)
+    m = rec["measured"]
+    assert m["per_layer_busy_s"]["disk_read"] > 0 and m["per_layer_busy_s"]["disk_write"] > 0
+    assert m["link_bytes_per_step"]["disk_read"] > 0
+    assert len(m["step_wall_s"]) == 4 and m["decode_step_s"] > 0
+    assert rec["predicted"] is None
+    assert list(disk.iterdir()) == [], "the run left files in --disk-dir"
+
+
+def test_layers_and_json_output(run_cli, write_json, tmp_path, no_local_profile):
+    plan = write_json("plan.json", tiny_plan(split_tokens=0, kv_placement=RAM, x_placement=RAM))
+    result = run_cli("execute", plan, "--steps", "2", "--layers", "2", "--json", "--disk-dir", tmp_path)
+    assert result.exit_code == 0, result.stderr
+    rec = json.loads(result.stdout)
+    assert any("ran 2 of 3 layers" in n for n in rec["notes"])
+    assert rec["measured"]["per_layer_busy_s"]["disk_read"] == 0
+    m = rec["measured"]
+    assert m["decode_step_s"] == pytest.approx(m["per_layer_step_s"] * 3, rel=0.2)
+
+
+def _mutate(path: str, value):
+    plan = tiny_plan()
+    obj = plan
+    keys = path.split(".")
+    for k in keys[:-1]:
+        obj = obj[k]
+    if value is KeyError:
+        del obj[keys[-1]]
+    else:
+        obj[keys[-1]] = value
+    return plan
+
+
+BAD_PLANS = {
+    "schema version": (_mutate("schema_version", 2), "schema_version"),
+    "no decisions": (_mutate("decisions", KeyError), "missing 'decisions'"),
+    "no seq": (_mutate("inputs.seq", KeyError), "'seq'"),
+    "batch product": (_mutate("decisions.gpu_batch", 3), "gpu_batch"),
+    "split past seq": (_mutate("decisions.split_tokens", 41), "split_tokens"),
+    "dtype contradiction": (_mutate("inputs.dtype", "float16"), "contradicts decisions.dtype"),
+    "batch contradiction": (_mutate("inputs.batch", 8), "contradicts decisions.batch"),
+    "past learned positions": (_mutate("model.max_position_embeddings", 32), "learned positions"),
+    "model name contradiction": (_mutate("inputs.model", "opt-13b"), "does not match"),
+    "bad fractions": (_mutate("decisions.kv_placement", {"device": 0.5, "host": 0.0, "disk": 0.2}), "sum to"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_PLANS))
+def test_bad_plans_refused_with_one_line(name, run_cli, write_json, tmp_path):
+    plan, expected = BAD_PLANS[name]
+    result = run_cli("execute", write_json("bad.json", copy.deepcopy(plan)), "--disk-dir", tmp_path)
+    assert result.exit_code == 2
+    assert result.stderr.startswith("Error:") and result.stderr.count("\n") == 1, result.stderr
+    assert expected in result.stderr
+
+
+def test_truncated_and_missing_plan_files(run_cli, write_json, tmp_path):
+    text = json.dumps(tiny_plan())
+    result = run_cli("execute", write_json("cut.json", text[: len(text) // 2]))
+    assert result.exit_code == 2 and "truncated" in result.stderr and result.stderr.count("\n") == 1
+    result = run_cli("execute", tmp_path / "nope.json")
+    assert result.exit_code == 2 and "not found" in result.stderr
+
+
+def test_plan_that_does_not_fit_is_refused_before_allocating(run_cli, write_json, tmp_path):
+    big = tiny_plan(batch=4096, gpu_batch=4096, num_gpu_batches=1, split_tokens=0, kv_placement=RAM)
+    big["model"] = CATALOG["opt-66b"].to_dict()
+    big["inputs"].update(model="opt-66b", batch=4096, seq=2048, prompt=2000, gen=48)
+    result = run_cli("execute", write_json("big.json", big), "--disk-dir", tmp_path)
+    assert result.exit_code == 2
+    assert "GiB of RAM" in result.stderr and "available" in result.stderr, result.stderr
+    result = run_cli("execute", write_json("big.json", big), "--layers", "99")
+    assert result.exit_code == 2 and "--layers" in result.stderr
+    result = run_cli("execute", write_json("small.json", tiny_plan()), "--steps", "17")
+    assert result.exit_code == 2 and "--steps" in result.stderr
+
+
+def test_plan_for_a_gpu_is_repredicted_with_the_local_profile(run_cli, write_json, tmp_path, local_profile_path):
+    """A plan made for a T4 runs here on the CPU; its numbers are re-predicted with this machine's profile."""
+    from planner.profile import load_profile
+    from planner.search import SolveRequest, solve
+
+    plan = solve(SolveRequest(model=TINY, seq=40, gen=16, batch=4, dtype="float32"), load_profile(gpu="t4"))
+    assert plan["hardware"]["device_type"] == "cuda"
+    path = write_json("t4.json", plan)
+    result = run_cli("execute", path, "--steps", "3", "--profile", local_profile_path, "--disk-dir", tmp_path,
+                     "--json")
+    assert result.exit_code == 0, result.stderr
+    rec = json.loads(result.stdout)
+    assert rec["prediction_source"].startswith("re-predicted with --profile")
+    assert rec["predicted"]["decode_step_s"] > 0
+    rows = {r["quantity"]: r for r in rec["comparison"]}
+    assert rows["decode step (all layers)"]["gap_pct"] is not None
+
+
+def test_solve_then_execute_on_this_machine(run_cli, tmp_path, local_profile_path):
+    """The whole loop: a plan solved for this machine with the K,V forced to disk, then run."""
+    cfg = {"model_type": "opt", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+           "ffn_dim": 128, "vocab_size": 101, "max_position_embeddings": 128, "torch_dtype": "float32"}
+    (tmp_path / "tiny").mkdir()
+    (tmp_path / "tiny" / "config.json").write_text(json.dumps(cfg))
+    plan = tmp_path / "plan.json"
+    solved = run_cli("solve", "--model", tmp_path / "tiny" / "config.json", "--seq", "96", "--gen", "8",
+                     "--batch", "4", "--profile", local_profile_path, "--strategy", "transfer", "-o", plan)
+    assert solved.exit_code == 0, solved.stderr
+    result = run_cli("execute", plan, "--steps", "3", "--profile", local_profile_path, "--disk-dir", tmp_path,
+                     "--out", tmp_path / "run.json")
+    assert result.exit_code == 0, result.stderr
+    rec = json.loads((tmp_path / "run.json").read_text())
+    assert rec["predicted"]["decode_step_s"] > 0
+    assert {r["quantity"] for r in rec["comparison"]} >= {"layer time", "decode step (all layers)"}
