@@ -25,6 +25,10 @@ RESOURCE_WORDS = {
 }
 
 
+def _pct(x: float) -> str:
+    return f"{round(x, 1) + 0.0:+.1f}%"
+
+
 def _ms(s: float) -> str:
     return f"{s * 1e3:.3f} ms"
 
@@ -134,12 +138,12 @@ def explain_lines(plan_data: dict[str, Any], model, seq: int, prompt: int, gen: 
                 out.append(f"  {name:<14} infeasible: {b.get('reason', '?')}")
         g = pred.get("gain_over_best_pinned")
         if g:
-            out.append(f"  this plan vs the best pinned ({g['strategy']}): throughput {g['throughput_pct']:+.1f}%, "
-                       f"decode step time {-g['decode_step_pct']:+.1f}%")
+            out.append(f"  this plan vs the best pinned ({g['strategy']}): throughput {_pct(g['throughput_pct'])}, "
+                       f"decode step time {_pct(-g['decode_step_pct'])}")
         t = pred.get("gain_over_transfer")
         if t:
-            out.append(f"  this plan vs transfer (FlexGen-style): throughput {t['throughput_pct']:+.1f}%, decode step "
-                       f"time {-t['decode_step_pct']:+.1f}%")
+            out.append(f"  this plan vs transfer (FlexGen-style): throughput {_pct(t['throughput_pct'])}, decode step "
+                       f"time {_pct(-t['decode_step_pct'])}")
     for w in plan_data.get("warnings", []):
         out.append(f"Warning: {w}")
     return out

@@ -68,7 +68,7 @@ def default_plan_path(plan: dict) -> Path:
 
 
 def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:+.1f}%"
+    return "n/a" if x is None else f"{round(x, 1) + 0.0:+.1f}%"  # + 0.0: no "-0.0%"
 
 
 def summary_lines(plan: dict) -> list[str]:
