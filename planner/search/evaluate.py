@@ -1,13 +1,18 @@
 """Re-predict a fixed decision set with the full cost models (launch costs, link latencies, the
 recompute GEMM at its real shape, whole tokens and whole layers): the plan's "prediction".
 
-The structure mirrors planner/search/formulation.py term by term; only the cost of each term is
-exact instead of linear. The runtime (`kvplan execute`) calls `evaluate` to re-predict a plan with
-the local profile.
+The structure mirrors planner/search/formulation.py term by term; the cost of each term is exact
+instead of linear, and the tokens are laid out by position exactly as the runtime stores them
+(planner/plan.py): X for positions [0, l), K,V for [l, seq), each cut into device, host, disk pieces
+in that order; a decode step at the average context sees the positions before it, and the new token
+of step t is written to the piece that holds position t. (The MILP instead takes every piece to hold
+its share avg_context/seq of its tokens, which keeps it linear; docs/planner.md, "Time".)
+The runtime (`kvplan execute`) calls `evaluate` to re-predict a plan with the local profile.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from planner.costmodel import CostModel
@@ -22,7 +27,7 @@ from planner.layer_costs import (
     x_bytes_per_token,
 )
 from planner.models import DTYPE_BYTES, ModelConfig
-from planner.plan import Decisions
+from planner.plan import TIERS, Decisions
 from planner.profile import Profile
 from planner.search.formulation import (
     Combo,
@@ -56,15 +61,52 @@ def layer_split(decisions: Decisions, num_layers: int) -> dict[str, int]:
     return {"device": nd, "host": nh, "disk": num_layers - nd - nh}
 
 
-def token_split(decisions: Decisions, seq: int) -> dict[str, float]:
-    """Tokens per sequence (at seq) of X and K,V on each tier, as the fraction variables of the MILP."""
-    l_tok = decisions.split_tokens
-    kv_tok = seq - l_tok
-    out = {}
-    for tier, short in (("device", "d"), ("host", "h"), ("disk", "k")):
-        out["x" + short] = l_tok * decisions.x_placement[tier]
-        out["k" + short] = kv_tok * decisions.kv_placement[tier]
+def position_spans(lo: int, hi: int, fractions: dict[str, float]) -> dict[str, tuple[int, int]]:
+    """Positions [lo, hi) cut into consecutive device, host, disk pieces in the given proportions
+    (planner/plan.py, placement semantics); the last tier takes the rounding remainder."""
+    n = hi - lo
+    out, acc, start = {}, 0.0, lo
+    for tier in TIERS:
+        acc += fractions[tier]
+        stop = hi if tier == TIERS[-1] else lo + min(n, round(acc * n))
+        stop = max(start, stop)
+        out[tier] = (start, stop)
+        start = stop
     return out
+
+
+_SHORT = {"device": "d", "host": "h", "disk": "k"}  # the MILP's variable suffixes (formulation.py)
+
+
+def _overlap(span: tuple[int, int], lo: float, hi: float) -> float:
+    return max(0.0, min(span[1], hi) - max(span[0], lo))
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Tokens per sequence of each piece ("x"/"k" + tier initial d/h/k), by position."""
+
+    stored: dict[str, int]  # at seq (memory at peak)
+    present: dict[str, float]  # at the average context (decode step)
+    new_per_step: dict[str, float]  # where the decode steps' new tokens go, averaged over the steps
+    prefill: dict[str, int]  # where the prompt's tokens go
+
+
+def token_layout(decisions: Decisions, seq: int, prompt: int, gen: int, context: int) -> Layout:
+    """The runtime's layout (planner/plan.py): X for positions [0, l), K,V for [l, seq), each cut in
+    tier order; a decode step at `context` sees positions [0, context); step t writes position t."""
+    l_tok = decisions.split_tokens
+    spans = {}
+    for tier, span in position_spans(0, l_tok, decisions.x_placement).items():
+        spans["x" + _SHORT[tier]] = span
+    for tier, span in position_spans(l_tok, seq, decisions.kv_placement).items():
+        spans["k" + _SHORT[tier]] = span
+    return Layout(
+        stored={k: v[1] - v[0] for k, v in spans.items()},
+        present={k: _overlap(v, 0, context) for k, v in spans.items()},
+        new_per_step={k: _overlap(v, prompt, prompt + gen) / gen for k, v in spans.items()},
+        prefill={k: int(_overlap(v, 0, prompt)) for k, v in spans.items()},
+    )
 
 
 def _round(x: float) -> float:
@@ -103,13 +145,13 @@ def evaluate(model: ModelConfig, inputs: dict[str, Any], decisions: Decisions, p
     W = layer_weight_bytes(model, dtype)
     b, gb, nb = decisions.batch, decisions.gpu_batch, decisions.num_gpu_batches
     seq, prompt, gen = st.seq, st.prompt, st.gen
-    share = st.share
     ctx = max(1, round(st.avg_context))
     dev_att = decisions.attention_where == "device"
     cuda = not profile.host_is_device
     layers = layer_split(decisions, L)
-    tok = token_split(decisions, seq)
-    x_present = round((tok["xd"] + tok["xh"] + tok["xk"]) * share)  # recomputed tokens per sequence
+    lay = token_layout(decisions, seq, prompt, gen, ctx)
+    tok, now, new, pre = lay.stored, lay.present, lay.new_per_step, lay.prefill
+    x_present = round(now["xd"] + now["xh"] + now["xk"])  # recomputed tokens per sequence
     link = profile.links
 
     def xfer(name: str, nbytes: float, count: int = 1) -> float:
@@ -128,20 +170,19 @@ def evaluate(model: ModelConfig, inputs: dict[str, Any], decisions: Decisions, p
         busy["cpu"] = L * cost.attention_s(model, b, 1, ctx, dtype, where="cpu")
     bytes_step = dict.fromkeys(("h2d", "disk_read", "d2h", "disk_write"), 0.0)
     # per GPU batch and layer, the pieces present at the average context
-    kv_h = gb * kvpt * tok["kh"] * share
-    kv_k = gb * kvpt * tok["kk"] * share
-    x_h = gb * xpt * tok["xh"] * share
-    x_k = gb * xpt * tok["xk"] * share
+    kv_h = gb * kvpt * now["kh"]
+    kv_k = gb * kvpt * now["kk"]
+    x_h = gb * xpt * now["xh"]
+    x_k = gb * xpt * now["xk"]
     streamed_layers = layers["host"] + layers["disk"]
     # disk pieces: read from the drive (into host memory on a GPU machine, into RAM on a CPU one)
     busy["disk_read"] = L * nb * (xfer("disk_read", kv_k) + xfer("disk_read", x_k)) + xfer(
         "disk_read", W, layers["disk"])
     bytes_step["disk_read"] = L * nb * (kv_k + x_k) + W * layers["disk"]
-    frac_new = {t: tok[t] / seq for t in tok}  # share of each step's new tokens stored on each piece
-    new_kv_h = gb * kvpt * frac_new["kh"]
-    new_kv_k = gb * kvpt * frac_new["kk"]
-    new_x_h = gb * xpt * frac_new["xh"]
-    new_x_k = gb * xpt * frac_new["xk"]
+    new_kv_h = gb * kvpt * new["kh"]
+    new_kv_k = gb * kvpt * new["kk"]
+    new_x_h = gb * xpt * new["xh"]
+    new_x_k = gb * xpt * new["xk"]
     busy["disk_write"] = L * nb * (xfer("disk_write", new_kv_k) + xfer("disk_write", new_x_k))
     bytes_step["disk_write"] = L * nb * (new_kv_k + new_x_k)
     chain_s = 0.0
@@ -177,9 +218,9 @@ def evaluate(model: ModelConfig, inputs: dict[str, Any], decisions: Decisions, p
     pf = {"compute": L * nb * sum(pops.values()), "h2d": 0.0, "d2h": 0.0}
     if cuda:
         pf["h2d"] = xfer("h2d", W, streamed_layers)
-        pf_down = gb * prompt * (kvpt * (frac_new["kh"] + frac_new["kk"]) + xpt * (frac_new["xh"] + frac_new["xk"]))
+        pf_down = gb * (kvpt * (pre["kh"] + pre["kk"]) + xpt * (pre["xh"] + pre["xk"]))
         pf["d2h"] = L * nb * xfer("d2h", pf_down)
-    pf_disk_w = gb * prompt * (kvpt * frac_new["kk"] + xpt * frac_new["xk"])
+    pf_disk_w = gb * (kvpt * pre["kk"] + xpt * pre["xk"])
     pf["disk"] = xfer("disk_read", W, layers["disk"]) + L * nb * xfer("disk_write", pf_disk_w)
     prefill_s = max(pf.values())
     total_s = prefill_s + gen * decode_step_s

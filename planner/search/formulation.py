@@ -166,7 +166,11 @@ def coefficients(st: Setting, combo: Combo, cost: CostModel, profile: Profile) -
     b, gb, nb = combo.batch, combo.gpu_batch, combo.num_gpu_batches
     seq, prompt = st.seq, st.prompt
     ctx = max(1, round(st.avg_context))
-    present = st.seq * st.share  # tokens per sequence present at the average context per unit fraction
+    # Tokens per sequence present at the average context, per unit fraction of seq: X holds the first
+    # positions [0, l), all present once the context passes l (runtime layout, planner/plan.py); K,V
+    # pieces are taken to hold their share avg_context/seq (linear stand-in for the positional cut).
+    present = st.seq * st.share
+    present_x = float(st.seq)
     # Effective link rates (bytes/s) from the cost model at this combo's transfer size: one layer's
     # K,V for one GPU batch (a measured profile answers from its fitted link models).
     piece = max(1 << 20, gb * ctx * kvpt)
@@ -176,13 +180,13 @@ def coefficients(st: Setting, combo: Combo, cost: CostModel, profile: Profile) -
 
     # ---- decode step, all layers -------------------------------------------------------------
     proj_s, att_s = _op_times(cost, m, gb, 1, ctx, st.dtype, "device")
-    rc_per_frac = L * nb * _recompute_rate(cost, m, gb, ctx, st.dtype) * present  # KVPR recompute
+    rc_per_frac = L * nb * _recompute_rate(cost, m, gb, ctx, st.dtype) * present_x  # KVPR recompute
     compute = _lin(L * nb * (proj_s + (att_s if dev_att else 0.0)), xd=rc_per_frac, xh=rc_per_frac,
                    xk=rc_per_frac)
     cpu = _lin(L * _cpu_attention(cost, m, b, ctx, st.dtype) if not dev_att else 0.0)
 
     kv_read = L * b * kvpt * present  # bytes per step per unit fraction of K,V read
-    x_read = L * b * xpt * present
+    x_read = L * b * xpt * present_x
     kv_new = L * b * kvpt  # bytes written back per step per unit fraction (one new token per sequence)
     x_new = L * b * xpt
     if cuda:
