@@ -62,3 +62,20 @@ def test_explain_refuses_bad_files(run_cli, tmp_path, write_json):
 
     r = run_cli("explain", tmp_path / "missing.json")
     assert r.exit_code == 2 and "not found" in r.stderr
+
+
+def test_shipped_plans_load_and_explain(run_cli):
+    from pathlib import Path
+
+    from planner.plan import load_plan
+
+    plans = sorted((Path(__file__).resolve().parents[1] / "plans").glob("*.json"))
+    names = {p.name for p in plans}
+    assert "llama-2-13b-a100-40g-pcie-s8192-g128-bauto.json" in names  # the user's example
+    assert {f"opt-{m}-a100-40g-pcie-s1152-g128-b64-{s}.json" for m in ("6.7b", "13b", "30b")
+            for s in ("recompute", "transfer")} <= names  # KVPR's paper setting
+    for path in plans:
+        plan = load_plan(path)
+        assert plan.data["solver"]["status"] == "Optimal"
+        r = run_cli("explain", path)
+        assert r.exit_code == 0 and "What goes where" in r.stdout

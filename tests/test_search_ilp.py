@@ -230,3 +230,16 @@ def test_pinned_strategies_cover_the_contract():
     assert set(plan["baselines"]) == set(PINNED_STRATEGIES)
     assert plan["lower_bound"]["distance"] >= 1.0 - 1e-9
     assert plan["solver"]["status"] == "Optimal"
+
+
+def test_cbc_finds_the_same_optimum_as_highs():
+    req = SolveRequest(model=TINY_MHA, seq=2048, gen=64, batch=16, gpu_mem_bytes=6 * 10**8,
+                       cpu_mem_bytes=3 * 10**9)
+    st, caps = setting_for_request(req, A100)
+    coeffs, zeros = build_problem(req, st, A100, "auto", caps)
+    caps_f = {t: float(c) for t, c in caps.items()}
+    highs = solve_milp(coeffs, zeros, TINY_MHA.num_layers, caps_f, None, solver="HiGHS")
+    cbc = solve_milp(coeffs, zeros, TINY_MHA.num_layers, caps_f, None, solver="CBC")
+    assert (highs.solver, cbc.solver) == ("HiGHS", "CBC")
+    assert cbc.status == "Optimal"
+    assert cbc.objective_value == pytest.approx(highs.objective_value, rel=1e-5)

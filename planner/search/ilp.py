@@ -38,13 +38,21 @@ class IlpResult:
     constraints: int
 
 
-def _solver() -> tuple[pulp.LpSolver, str]:
-    # presolve off: on these small models it costs more than it saves (benchmarks/solve_speed.py);
-    # tight gaps so the optimum is the optimum (tests compare it with exhaustive search).
-    highs = pulp.HiGHS(msg=False, threads=1, presolve="off", gapRel=1e-7, gapAbs=1e-9)
-    if highs.available():
-        return highs, "HiGHS"
-    return pulp.COIN_CMD(msg=False), "CBC"  # pragma: no cover - highspy is a dependency
+def _solver(prefer: str = "HiGHS") -> tuple[pulp.LpSolver, str]:
+    """HiGHS through highspy (a dependency); CBC (COIN_CMD, PuLP 3.3's non-deprecated interface, on the
+    binary PuLP bundles when none is on PATH) if HiGHS is unavailable or CBC is asked for."""
+    if prefer == "HiGHS":
+        # presolve off: on these small models it costs more than it saves (docs/planner.md, "Speed");
+        # tight gaps so the optimum is the optimum (tests compare it with exhaustive search).
+        highs = pulp.HiGHS(msg=False, threads=1, presolve="off", gapRel=1e-7, gapAbs=1e-9)
+        if highs.available():
+            return highs, "HiGHS"
+    cbc = pulp.COIN_CMD(msg=False, gapRel=1e-7, threads=1)
+    if not cbc.available():
+        from pulp.apis.coin_api import pulp_cbc_path
+
+        cbc = pulp.COIN_CMD(msg=False, gapRel=1e-7, threads=1, path=pulp_cbc_path)
+    return cbc, "CBC"
 
 
 def _silence_highs_banner() -> None:
@@ -74,7 +82,7 @@ _BANNER_DONE = False
 
 
 def solve_milp(coeffs: list[Coeffs], zero: list[frozenset[str]], num_layers: int,
-               caps: dict[str, float], grid: int | None) -> IlpResult:
+               caps: dict[str, float], grid: int | None, solver: str = "HiGHS") -> IlpResult:
     prob = pulp.LpProblem("kvplan", pulp.LpMinimize)
     objective: list[tuple[pulp.LpVariable, float]] = []
     per_combo = []
@@ -147,8 +155,8 @@ def solve_milp(coeffs: list[Coeffs], zero: list[frozenset[str]], num_layers: int
     prob.addConstraint(pulp.LpConstraint(pulp.LpAffineExpression([(y, 1.0) for y in ys]), pulp.LpConstraintEQ,
                                          "one_combo", 1.0))
     _silence_highs_banner()
-    solver, name = _solver()
-    prob.solve(solver)
+    lp_solver, name = _solver(solver)
+    prob.solve(lp_solver)
     status = pulp.LpStatus[prob.status]
     n_vars = prob.numVariables()
     n_cons = prob.numConstraints()
