@@ -20,7 +20,8 @@ from planner.report.frame import BATCH, SPLIT, STEP, THROUGHPUT, best_rows, feas
 from planner.report.runs import RunRecord
 
 STRATEGY_STYLE = {
-    "auto": dict(color="black", linewidth=2.4, marker="o"),
+    # auto is dashed and drawn last, so it stays visible on top of the pinned strategy it picked
+    "auto": dict(color="black", linewidth=1.8, linestyle="--", marker="o", zorder=4),
     "resident": dict(color="tab:green", marker="s"),
     "transfer": dict(color="tab:blue", marker="^"),
     "recompute": dict(color="tab:orange", marker="D"),

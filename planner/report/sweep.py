@@ -15,6 +15,7 @@ import re
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -355,6 +356,10 @@ def run_local(context: SweepContext, configs: Sequence[Config], jobs: int, advan
                     part = future.result()
                     results.extend(part)
                     advance(len(part))
+        except BrokenProcessPool as exc:
+            raise KvplanError(
+                "a worker process died while solving (out of memory?); try fewer --jobs or a smaller grid"
+            ) from exc
         except BaseException:
             for future in pending:
                 future.cancel()
@@ -392,7 +397,13 @@ def run_dask(context: SweepContext, configs: Sequence[Config], address: str, adv
         futures = [client.submit(solve_chunk, shared, chunk, pure=False) for chunk in _chunks(configs, workers)]
         results: list[SolveResult] = []
         for future in as_completed(futures, loop=client.loop):
-            part = future.result()
+            try:
+                part = future.result()
+            except Exception as exc:  # noqa: BLE001 - e.g. kvplan missing on a worker
+                raise KvplanError(
+                    f"a Dask worker failed: {type(exc).__name__}: {_one_line(str(exc))} "
+                    "(do the workers have this kvplan installed?)"
+                ) from exc
             results.extend(part)
             advance(len(part))
     finally:
