@@ -131,3 +131,32 @@ def test_a100_held_out_models_within_10_percent(capsys):
     eff = CostModel(sheet).efficiency
     pred = mod.roofline_times(test, eff, sheet.device_peak_tflops["float16"], sheet.device_memory_gb_per_s)
     assert np.median(np.abs(pred - test.time_s) / test.time_s) <= 0.10
+
+
+@pytest.mark.parametrize("family, ndim", [("gemm", 3), ("attention", 5), ("link", 1)])
+@pytest.mark.parametrize("kind", ["poly", "tree"])
+def test_scalar_and_vector_predictions_agree(family, ndim, kind, monkeypatch):
+    monkeypatch.setattr(fitted, "KINDS", (kind,))
+    dims = np.exp(RNG.uniform(0, 8, (40, ndim))).round() + 1
+    terms = fitted.work_terms(family, dims, 2)
+    y = (1e-5 + terms.sum(axis=1) / 50) * np.exp(0.3 * np.sin(np.log(dims).sum(axis=1)))
+    model = fitted.fit(family, np.column_stack([dims, y]).tolist(), dtype_bytes=2)
+    queries = np.exp(RNG.uniform(0, 11, (30, ndim))).round() + 1  # inside and outside the sampled range
+    vector = fitted.predict_many(model, queries)
+    scalar = [fitted.predict(model, q) for q in queries]
+    assert np.allclose(vector, scalar, rtol=1e-9)
+    assert all(p > 0 for p in scalar)
+
+
+def test_missing_or_broken_nvml_never_stops_a_cpu_profile(monkeypatch):
+    import pynvml
+
+    from planner.profiling import system
+
+    def broken():
+        raise pynvml.NVMLError(pynvml.NVML_ERROR_LIBRARY_NOT_FOUND)
+
+    monkeypatch.setattr(pynvml, "nvmlInit", broken)
+    assert system._nvml_info(0) == {}
+    device = system.detect_device(force_cpu=True)
+    assert device.type == "cpu" and device.memory_bytes > 0

@@ -20,18 +20,24 @@ from planner.jsonio import write_json_atomic
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Where to write the profile (default: profiles/local-<host>-<device>.json).")
 @click.option("--cpu", "force_cpu", is_flag=True, help="Profile the CPU even when a GPU is present.")
+@click.option("--threads", type=int, default=None,
+              help="torch threads for the CPU probes (default: all cores); run 'kvplan execute' with the same.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of tables.")
 def command(quick: bool, smoke: bool, disk_dir: Path | None, output: Path | None, force_cpu: bool,
-            as_json: bool) -> None:
+            threads: int | None, as_json: bool) -> None:
     """Measure this machine: probes, fitted cost models with their errors, one profile file."""
     from planner.profiling import default_output_path, measure_profile
-    from planner.profiling.system import detect_device
+    from planner.profiling.system import cpu_cores, detect_device, load_average
 
+    load = load_average()
+    if not smoke and load is not None and load > 0.5 * cpu_cores():
+        click.echo(f"warning: the machine is busy (load average {load} on {cpu_cores()} cores); timings will be "
+                   "noisy and slower than on an idle machine (try --threads 1, or profile when idle)", err=True)
     mode = "smoke" if smoke else "quick" if quick else "full"
     if output is None:
         output = default_output_path(detect_device(force_cpu=force_cpu))
     with _progress() as factory:
-        data = measure_profile(mode, disk_dir=disk_dir, force_cpu=force_cpu, progress=factory)
+        data = measure_profile(mode, disk_dir=disk_dir, force_cpu=force_cpu, progress=factory, threads=threads)
     write_json_atomic(output, data)  # only a complete profile is ever written
     summary = _summary(data, output)
     if as_json:

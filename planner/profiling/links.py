@@ -21,7 +21,7 @@ def host_memcpy_samples(sizes: Sequence[int], reps: Repeats, budget_s: float,
         dst = torch.empty(nbytes, dtype=torch.uint8)
         return [nbytes, timer.sample_s(lambda: dst.copy_(src), reps)]
 
-    rows, skipped = _budgeted(sizes, budget_s, measure, progress)
+    rows, skipped = _budgeted(sizes, budget_s, measure, progress, reps.passes)
     return SampleSet(["bytes", "time_s"], rows, skipped)
 
 
@@ -41,7 +41,7 @@ def cuda_copy_samples(direction: str, pinned: bool, sizes: Sequence[int], reps: 
             t = timer.sample_s(lambda: host.copy_(dev, non_blocking=pinned), reps)
         return [nbytes, t]
 
-    rows, skipped = _budgeted(sizes, budget_s, measure, progress)
+    rows, skipped = _budgeted(sizes, budget_s, measure, progress, reps.passes)
     return SampleSet(["bytes", "time_s"], rows, skipped)
 
 

@@ -8,6 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from planner.costmodel import fitted
 from planner.errors import KvplanError
 from planner.models import DTYPE_BYTES
@@ -15,6 +17,7 @@ from planner.profile import PROFILE_SCHEMA_VERSION, PROFILES_DIR, profile_from_d
 from planner.profiling import compute, disk, links, shapes, system
 from planner.profiling.compute import SampleSet
 from planner.profiling.modes import Mode, get_mode
+from planner.profiling.timing import cpu_clock
 
 # progress(label, total) -> advance(n): how the CLI shows a bar per probe family
 ProgressFactory = Callable[[str, int], Callable[[int], None]]
@@ -36,13 +39,15 @@ def _rate_tflops(samples: SampleSet) -> float:
     return max(2.0 * m * n * k / t for m, n, k, t in samples.rows) / 1e12
 
 
-def _link_entry(model: dict[str, Any], samples: SampleSet) -> dict[str, float]:
-    """Link rate and latency from the fitted line; the best observed rate if the line is degenerate."""
-    params = fitted.link_parameters(model)
-    best = max(b / t for b, t in samples.rows) / 1e9
-    if params is None:
-        return {"gb_per_s": round(best, 4), "latency_s": 0.0}
-    return {"gb_per_s": round(params.gb_per_s, 4), "latency_s": round(params.latency_s, 9)}
+def _link_entry(samples: SampleSet) -> dict[str, float]:
+    """The profile's summary of a link: the sustained rate of its largest transfers (median over the
+    three largest sizes) and the fixed cost left over at the smallest one. The fitted model under
+    "cost_models" is what CostModel uses; this entry is for readers without it."""
+    rows = sorted(samples.rows)
+    rate = float(np.median([b / t for b, t in rows[-3:]]))
+    small_b, small_t = rows[0]
+    latency = max(0.0, small_t - small_b / rate)
+    return {"gb_per_s": round(rate / 1e9, 4), "latency_s": round(latency, 9)}
 
 
 def _fit(family: str, samples: SampleSet, dtype_bytes: int = 1) -> dict[str, Any]:
@@ -56,8 +61,25 @@ def measure_profile(
     disk_dir: str | Path | None = None,
     force_cpu: bool = False,
     progress: ProgressFactory | None = None,
+    threads: int | None = None,
 ) -> dict[str, Any]:
-    """Probe this machine and return a validated measured profile (plain data, nothing written)."""
+    """Probe this machine and return a validated measured profile (plain data, nothing written).
+    `threads`: torch intra-op threads for the CPU probes (default: torch's choice, all cores)."""
+    import torch
+
+    if threads is not None and threads < 1:
+        raise KvplanError(f"--threads must be at least 1, got {threads}")
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _measure(mode, disk_dir, force_cpu, progress)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _measure(mode: str | Mode, disk_dir: str | Path | None, force_cpu: bool,
+             progress: ProgressFactory | None) -> dict[str, Any]:
     import torch
 
     m = get_mode(mode) if isinstance(mode, str) else mode
@@ -74,24 +96,28 @@ def measure_profile(
     disk_free = disk.check_disk_dir(disk_path, max(disk_sizes) + (16 << 20))
 
     device = system.detect_device(force_cpu=force_cpu)
+    load_at_start = system.load_average()
     dev = device.type  # torch device string
     samples: dict[str, SampleSet] = {}
     reps = m.repeats
+
+    def bar(label: str, items: int) -> Callable[[int], None]:
+        return progress(label, items * max(reps.passes, 1))
 
     # -- compute on the device ---------------------------------------------------------------
     gemm_shapes = shapes.gemm_shapes(m)
     for dtype in m.dtypes:
         budget = m.budget_s["gemm"] / len(m.dtypes)
         samples[f"gemm.device.{dtype}"] = compute.gemm_samples(
-            gemm_shapes, dtype, dev, reps, budget, progress(f"GEMM {dtype} on {dev}", len(gemm_shapes)))
+            gemm_shapes, dtype, dev, reps, budget, bar(f"GEMM {dtype} on {dev}", len(gemm_shapes)))
     att_shapes = shapes.attention_shapes(m)
     for dtype in m.dtypes:
         budget = m.budget_s["attention"] / len(m.dtypes)
         samples[f"attention.device.{dtype}"] = compute.attention_samples(
-            att_shapes, dtype, dev, reps, budget, progress(f"attention {dtype} on {dev}", len(att_shapes)))
+            att_shapes, dtype, dev, reps, budget, bar(f"attention {dtype} on {dev}", len(att_shapes)))
     ew = shapes.elementwise_shapes(m)
     samples["elementwise.device"] = compute.elementwise_samples(
-        ew, dev, reps, m.budget_s["elementwise"], progress(f"MLP activation on {dev}", len(ew)))
+        ew, dev, reps, m.budget_s["elementwise"], bar(f"MLP activation on {dev}", len(ew)))
 
     # -- the CPU as a helper (only a separate processor when there is a GPU) -------------------
     if dev == "cuda":
@@ -99,21 +125,21 @@ def measure_profile(
         for dtype in cpu_dtypes:
             budget = m.budget_s["cpu"] / (2 * len(cpu_dtypes))
             samples[f"gemm.cpu.{dtype}"] = compute.gemm_samples(
-                gemm_shapes, dtype, "cpu", reps, budget, progress(f"GEMM {dtype} on cpu", len(gemm_shapes)))
+                gemm_shapes, dtype, "cpu", reps, budget, bar(f"GEMM {dtype} on cpu", len(gemm_shapes)))
             samples[f"attention.cpu.{dtype}"] = compute.attention_samples(
-                att_shapes, dtype, "cpu", reps, budget, progress(f"attention {dtype} on cpu", len(att_shapes)))
+                att_shapes, dtype, "cpu", reps, budget, bar(f"attention {dtype} on cpu", len(att_shapes)))
 
     # -- links -------------------------------------------------------------------------------
     mem_sizes = shapes.transfer_sizes(m, m.link_max_bytes)
     samples["link.host_memcpy"] = links.host_memcpy_samples(
-        mem_sizes, reps, m.budget_s["link"] / 3, progress("host memcpy", len(mem_sizes)))
+        mem_sizes, reps, m.budget_s["link"] / 3, bar("host memcpy", len(mem_sizes)))
     if dev == "cuda":
         for name, direction, pinned in (("h2d", "h2d", True), ("d2h", "d2h", True),
                                         ("h2d_pageable", "h2d", False), ("d2h_pageable", "d2h", False)):
             samples[f"link.{name}"] = links.cuda_copy_samples(
-                direction, pinned, mem_sizes, reps, m.budget_s["link"] / 6, progress(name, len(mem_sizes)))
+                direction, pinned, mem_sizes, reps, m.budget_s["link"] / 6, bar(name, len(mem_sizes)))
     reads, writes, method = disk.disk_samples(
-        disk_path, disk_sizes, reps, m.budget_s["disk"], progress(f"disk read+write ({disk_path})", len(disk_sizes)))
+        disk_path, disk_sizes, reps, m.budget_s["disk"], bar(f"disk read+write ({disk_path})", len(disk_sizes)))
     samples["link.disk_read"], samples["link.disk_write"] = reads, writes
     if dev == "cuda":
         samples["link.disk_to_device"] = disk.disk_to_device_samples(disk_path, disk_sizes, reps,
@@ -129,12 +155,13 @@ def measure_profile(
         advance(1)
 
     return _assemble(m, device, disk_path, disk_free, method, samples, models, torch.__version__,
-                     torch.get_num_threads())
+                     torch.get_num_threads(), load_at_start)
 
 
 def _assemble(
     m: Mode, device: system.DeviceInfo, disk_path: Path, disk_free: int, disk_method: str,
     samples: dict[str, SampleSet], models: dict[str, dict[str, Any]], torch_version: str, threads: int,
+    load_at_start: float | None = None,
 ) -> dict[str, Any]:
     cpu_only = device.type == "cpu"
     peak = {d: round(_rate_tflops(samples[f"gemm.device.{d}"]), 6) for d in m.dtypes}
@@ -143,8 +170,7 @@ def _assemble(
     else:
         host_peak = {d: round(_rate_tflops(samples[f"gemm.cpu.{d}"]), 6)
                      for d in m.dtypes[:2] if f"gemm.cpu.{d}" in samples}
-    link_entries = {name: _link_entry(models[f"link.{name}"], samples[f"link.{name}"])
-                    for name in ("host_memcpy", "disk_read", "disk_write")}
+    link_entries = {name: _link_entry(samples[f"link.{name}"]) for name in ("host_memcpy", "disk_read", "disk_write")}
     host_mem_gb_per_s = round(2 * link_entries["host_memcpy"]["gb_per_s"], 4)  # memcpy reads + writes
     if cpu_only:
         # the host is the device: "h2d"/"d2h" are host memcpys (planner/profile.py)
@@ -154,7 +180,7 @@ def _assemble(
         device_mem_gb_per_s = host_mem_gb_per_s
     else:
         for name in ("h2d", "d2h", "h2d_pageable", "d2h_pageable"):
-            link_entries[name] = _link_entry(models[f"link.{name}"], samples[f"link.{name}"])
+            link_entries[name] = _link_entry(samples[f"link.{name}"])
         device_mem_gb_per_s = round(links.cuda_device_copy_gb_per_s(256 << 20, m.repeats), 4)
     host_name = system.host_name()
     dev_label = "cpu" if cpu_only else system.slug(device.name)
@@ -187,6 +213,8 @@ def _assemble(
             "mode": m.name,
             "torch_version": torch_version,
             "torch_threads": threads,
+            "load_average_at_start": load_at_start,
+            "cpu_clock": cpu_clock(),
             "disk_method": disk_method,
             "peak_tflops_note": "best achieved rate over the probed GEMM shapes, not a datasheet peak",
             "memory_gb_per_s_note": "2 x the sustained copy rate (a copy reads and writes every byte)",

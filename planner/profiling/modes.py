@@ -61,8 +61,8 @@ MODES: dict[str, Mode] = {
         link_max_bytes=256 << 20,
         disk_max_bytes=256 << 20,
         link_sizes=16,
-        budget_s={"gemm": 40.0, "attention": 15.0, "elementwise": 4.0, "link": 6.0, "disk": 15.0, "cpu": 10.0},
-        repeats=Repeats(warmup=1, min_reps=3, max_reps=7, target_s=0.03),
+        budget_s={"gemm": 50.0, "attention": 20.0, "elementwise": 4.0, "link": 6.0, "disk": 15.0, "cpu": 10.0},
+        repeats=Repeats(warmup=1, min_reps=3, max_reps=7, target_s=0.03, passes=2),
     ),
     # the default: thorough.
     "full": Mode(
@@ -82,7 +82,7 @@ MODES: dict[str, Mode] = {
         link_sizes=24,
         budget_s={"gemm": 600.0, "attention": 240.0, "elementwise": 30.0, "link": 60.0, "disk": 120.0,
                   "cpu": 120.0},
-        repeats=Repeats(warmup=2, min_reps=5, max_reps=25, target_s=0.2),
+        repeats=Repeats(warmup=2, min_reps=5, max_reps=25, target_s=0.2, passes=3),
     ),
 }
 

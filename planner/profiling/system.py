@@ -124,3 +124,11 @@ def detect_device(force_cpu: bool = False) -> DeviceInfo:
             compute_capability=nvml.get("compute_capability") or f"{props.major}.{props.minor}",
         )
     return DeviceInfo(type="cpu", name=cpu_name(), memory_bytes=available_memory_bytes())
+
+
+def load_average() -> float | None:
+    """The 1-minute load average, recorded with a profile: a busy machine gives noisy timings."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):
+        return None

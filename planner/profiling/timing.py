@@ -5,7 +5,12 @@ The statistic is the lower quartile of the runs, not the mean or median: on a ma
 other work (2 cores here, shared with other test runs) a run is often stretched by a descheduled
 thread, never shortened, so the lower quartile is the reproducible "time when the op has the
 machine", close to the median on an idle machine (Python's timeit docs make the same argument for
-the minimum)."""
+the minimum).
+
+Clock on the CPU: with one torch thread the op runs entirely on the calling thread, so its CPU time
+(`time.thread_time`, CLOCK_THREAD_CPUTIME_ID) is the time it takes when it has a core, and time
+spent descheduled by other processes on a shared machine does not count. With several threads the
+CPU time would sum over threads, so wall time (`time.perf_counter`) is used."""
 
 from __future__ import annotations
 
@@ -17,30 +22,40 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Repeats:
     """How hard to try for each sample: at least `min_reps` timed runs after `warmup`, more while
-    the sample has used less than `target_s`, never more than `max_reps`."""
+    the sample has used less than `target_s`, never more than `max_reps`; all of that `passes` times."""
 
     warmup: int = 1
     min_reps: int = 3
     max_reps: int = 20
     target_s: float = 0.05
+    passes: int = 1  # round-robin passes over a probe's sizes; the fastest pass of each size is kept
+
+
+def cpu_clock() -> str:
+    """"thread_cpu" when torch computes on one thread (see the module docstring), else "wall"."""
+    import torch
+
+    return "thread_cpu" if torch.get_num_threads() == 1 else "wall"
 
 
 class Timer:
     """Times a zero-argument callable on the compute device."""
 
-    def __init__(self, device: str = "cpu"):
+    def __init__(self, device: str = "cpu", clock: str | None = None):
         self.device = device
         self._torch = None
         if device == "cuda":
             import torch
 
             self._torch = torch
+        self.clock = "cuda_events" if device == "cuda" else clock or cpu_clock()
+        self._now = time.thread_time if self.clock == "thread_cpu" else time.perf_counter
 
     def once_s(self, fn: Callable[[], object]) -> float:
         if self._torch is None:
-            start = time.perf_counter()
+            start = self._now()
             fn()
-            return time.perf_counter() - start
+            return self._now() - start
         torch = self._torch
         begin = torch.cuda.Event(enable_timing=True)
         end = torch.cuda.Event(enable_timing=True)

@@ -1,0 +1,125 @@
+"""Does this machine's profile predict this machine? Re-measure GEMM and disk-transfer times in a
+separate process, at shapes and sizes the profile did not probe (other catalog models, other token
+counts, other transfer sizes), and compare with the profile's predictions (planner.costmodel).
+
+    python benchmarks/validate_local_profile.py [--profile FILE] [--disk-dir DIR] [--json OUT]
+
+Target (issue 3): median error <= 10% for GEMM and for disk transfers. The re-measurement uses the
+same timing method as the probes (planner/profiling/timing.py) so the comparison is like for like.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from planner.costmodel import CostModel
+from planner.layer_costs import Gemm, layer_gemms, recompute_gemm
+from planner.models import CATALOG
+from planner.profile import find_local_profile, load_profile
+from planner.profiling.modes import get_mode
+
+TOKENS = (2, 8, 32, 128)  # none of these is a probed token count in the smoke and quick modes
+EXTRA_MODELS = ("opt-6.7b", "mistral-7b", "qwen2.5-7b", "llama-2-13b", "opt-1.3b", "tinyllama-1.1b")
+DISK_SIZES = tuple(3 << k for k in range(14, 27, 2))  # 48 KiB .. 192 MiB, never a power of two
+
+
+def plan_shapes(mode_name: str) -> list[tuple[int, int, int]]:
+    mode = get_mode(mode_name)
+    shapes = set()
+    for name in EXTRA_MODELS:
+        model = CATALOG[name]
+        for tokens in TOKENS:
+            for g in [*layer_gemms(model, tokens).values(), recompute_gemm(model, tokens)]:
+                if g.n * g.k * 4 <= mode.gemm_max_weight_bytes:
+                    shapes.add((g.m, g.n, g.k))
+    return sorted(shapes)
+
+
+def child(spec_path: Path, out_path: Path) -> None:
+    """Runs in the fresh process: measure and write the raw samples."""
+    import torch
+
+    from planner.profiling import compute, disk
+
+    spec = json.loads(spec_path.read_text())
+    torch.set_num_threads(spec["threads"])  # the thread count the profile was measured with
+    mode = get_mode(spec["mode"])
+    out = {"gemm": {}}
+    for dtype in spec["dtypes"]:
+        s = compute.gemm_samples([tuple(x) for x in spec["shapes"]], dtype, "cpu", mode.repeats, 1e9)
+        out["gemm"][dtype] = s.rows
+    reads, writes, method = disk.disk_samples(Path(spec["disk_dir"]), spec["disk_sizes"], mode.repeats, 1e9)
+    out.update({"disk_read": reads.rows, "disk_write": writes.rows, "disk_method": method})
+    out_path.write_text(json.dumps(out))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--profile", type=Path, default=None)
+    ap.add_argument("--disk-dir", type=Path, default=None)
+    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--child", nargs=2, type=Path, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        child(*args.child)
+        return 0
+    path = args.profile or find_local_profile()
+    if path is None:
+        print("no local profile: run 'kvplan profile' first or pass --profile", file=sys.stderr)
+        return 2
+    profile = load_profile(path)
+    if profile.device_type != "cpu":
+        print("this benchmark re-measures on the CPU; the profile is for a GPU", file=sys.stderr)
+        return 2
+    mode = profile.data.get("measurement", {}).get("mode", "quick")
+    dtypes = sorted(k.split(".")[-1] for k in profile.data.get("cost_models", {}) if k.startswith("gemm.device."))
+    disk_dir = args.disk_dir or Path(profile.data["disk"]["path"])
+    shapes = plan_shapes(mode)
+    with tempfile.TemporaryDirectory() as tmp:
+        spec, out = Path(tmp) / "spec.json", Path(tmp) / "out.json"
+        threads = int(profile.data.get("measurement", {}).get("torch_threads", 0)) or os.cpu_count() or 1
+        spec.write_text(json.dumps({"mode": mode, "threads": threads, "dtypes": dtypes, "shapes": shapes,
+                                    "disk_dir": str(disk_dir), "disk_sizes": list(DISK_SIZES)}))
+        subprocess.run([sys.executable, __file__, "--child", str(spec), str(out)], check=True)
+        measured = json.loads(out.read_text())
+
+    cost = CostModel(profile)
+    rows = []
+    for dtype, samples in measured["gemm"].items():
+        for m, n, k, t in samples:
+            rows.append(("gemm", f"{dtype} {int(m)}x{int(n)}x{int(k)}", t, cost.gemm_s(Gemm(int(m), int(n), int(k)),
+                                                                                      dtype)))
+    for link in ("disk_read", "disk_write"):
+        for b, t in measured[link]:
+            rows.append((link, f"{int(b) / 2**20:.2f} MiB", t, cost.transfer_s(link, b)))
+
+    load = os.getloadavg()[0]
+    print(f"profile {path} ({profile.name}, {mode} mode, {threads} torch threads); re-measured in a separate "
+          f"process (disk: {disk_dir}, {measured['disk_method']}); load average now {load:.2f}\n")
+    print("| family | shape | measured ms | predicted ms | error |")
+    print("|---|---|---|---|---|")
+    for fam, shape, t, p in rows:
+        print(f"| {fam} | {shape} | {t * 1e3:.3f} | {p * 1e3:.3f} | {(p - t) / t * 100:+.1f}% |")
+    summary = {}
+    print("\n| family | samples | median abs error | 90th percentile |")
+    print("|---|---|---|---|")
+    for fam in ("gemm", "disk_read", "disk_write"):
+        errs = np.array([abs(p - t) / t for f, _, t, p in rows if f == fam])
+        summary[fam] = {"samples": int(len(errs)), "median": float(np.median(errs)),
+                        "p90": float(np.percentile(errs, 90))}
+        print(f"| {fam} | {len(errs)} | {summary[fam]['median'] * 100:.1f}% | {summary[fam]['p90'] * 100:.1f}% |")
+    if args.json:
+        args.json.write_text(json.dumps({"summary": summary, "rows": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
