@@ -190,3 +190,14 @@ def test_no_feasible_configuration_is_an_error_but_the_reasons_are_written(run_c
     frame = pd.read_csv(tmp_path / "r" / "results.csv")
     assert (frame["status"] == "infeasible").all() and frame["reason"].str.len().min() > 10
     assert "none feasible" in (tmp_path / "r" / "report.html").read_text()
+
+
+def test_latency_objective_picks_the_shortest_step(run_cli, tmp_path):
+    result = run_cli("report", "--models", "opt-125m", "--gpus", "t4,h100-sxm", "--seqs", "4k", "--batches", "8",
+                     "--strategies", "auto", "--objective", "latency", "--json", "-o", tmp_path / "r")
+    assert result.exit_code == 0, result.output
+    frame = pd.read_csv(tmp_path / "r" / "results.csv")
+    assert set(frame["inputs.objective"]) == {"latency"}
+    quickest = frame.loc[frame["prediction.decode_step_s"].idxmin(), "gpu"]
+    assert json.loads(result.stdout)["best_gpu"][0]["fastest GPU"] == quickest
+    assert "shortest predicted decode step" in (tmp_path / "r" / "report.md").read_text()

@@ -16,7 +16,16 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from planner.report.frame import BATCH, SPLIT, STEP, THROUGHPUT, best_rows, feasible
+from planner.report.frame import (
+    BATCH,
+    SPLIT,
+    STEP,
+    THROUGHPUT,
+    best_by_objective,
+    best_rows,
+    feasible,
+    objective_of,
+)
 from planner.report.runs import RunRecord
 
 STRATEGY_STYLE = {
@@ -114,7 +123,7 @@ def strategy_figures(frame: pd.DataFrame) -> list[FigureOut]:
     strategy, one column per GPU; each point is the strategy's best batch at that context."""
     out = []
     strategies = [s for s in STRATEGY_STYLE if s in set(frame["strategy_request"])]
-    best = best_rows(frame, ["model", "gpu", "seq", "strategy_request"], THROUGHPUT, largest=True)
+    best = best_by_objective(frame, ["model", "gpu", "seq", "strategy_request"])
     for model in frame["model"].drop_duplicates():
         gpus_all = list(frame.loc[frame["model"] == model, "gpu"].drop_duplicates())
         for part, gpus in enumerate(_chunks(gpus_all, GPUS_PER_FIGURE)):
@@ -150,7 +159,8 @@ def strategy_figures(frame: pd.DataFrame) -> list[FigureOut]:
                 title=f"Throughput and step latency vs context: {model}",
                 caption=(f"Predicted end-to-end throughput (top) and decode-step latency of the whole batch (bottom) "
                          f"for {model} as the context grows, one line per strategy, each point the strategy's best "
-                         "batch; a cross on the bottom edge marks a context where that strategy has no feasible plan."),
+                         f"batch for the {objective_of(frame)} objective; a cross on the bottom edge marks a "
+                         "context where that strategy has no feasible plan."),
                 png=_png(fig),
             ))
     return out
@@ -162,7 +172,7 @@ def recompute_figure(frame: pd.DataFrame) -> FigureOut | None:
     rows = frame[frame["strategy_request"] == source]
     if feasible(rows).empty:
         return None
-    best = best_rows(rows, ["model", "gpu", "seq"], THROUGHPUT, largest=True)
+    best = best_by_objective(rows, ["model", "gpu", "seq"])
     models = list(frame["model"].drop_duplicates())
     fig = Figure(figsize=(4.6 * min(len(models), 3) + 0.4, 3.6 * math.ceil(len(models) / 3)), layout="constrained")
     axes = fig.subplots(math.ceil(len(models) / 3), min(len(models), 3), squeeze=False)

@@ -153,3 +153,16 @@ def best_rows(frame: pd.DataFrame, keys: Iterable[str], by: str, *, largest: boo
         [by, "_order"], ascending=[not largest, True], kind="mergesort"
     )
     return ordered.groupby(list(keys), sort=False).head(1).sort_values("_order").drop(columns="_order")
+
+
+def objective_of(frame: pd.DataFrame) -> str:
+    values = frame["objective"].dropna().unique() if "objective" in frame.columns else []
+    return str(values[0]) if len(values) else "throughput"
+
+
+def best_by_objective(frame: pd.DataFrame, keys: Iterable[str]) -> pd.DataFrame:
+    """Best feasible row per group under the sweep's objective: the highest throughput, or for
+    --objective latency the shortest decode step."""
+    if objective_of(frame) == "latency":
+        return best_rows(frame, keys, STEP, largest=False)
+    return best_rows(frame, keys, THROUGHPUT, largest=True)

@@ -48,8 +48,12 @@ def _e(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
+def _anchor(title: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
+
+
 def _html_table(table: Table) -> str:
-    out = [f"<h2>{_e(table.title)}</h2>", f'<p class="caption">{_e(table.caption)}</p>']
+    out = [f'<h2 id="{_anchor(table.title)}">{_e(table.title)}</h2>', f'<p class="caption">{_e(table.caption)}</p>']
     if not table.rows:
         out.append('<p class="note">(none)</p>')
         return "\n".join(out)
@@ -79,7 +83,7 @@ def _is_text(cell: str) -> bool:
 def _html_figure(fig: FigureOut) -> str:
     data = base64.b64encode(fig.png).decode("ascii")
     return "\n".join([
-        f"<h2>{_e(fig.title)}</h2>",
+        f'<h2 id="{_anchor(fig.name)}">{_e(fig.title)}</h2>',
         f'<p class="caption">{_e(fig.caption)}</p>',
         f'<figure><img src="data:image/png;base64,{data}" alt="{_e(fig.title)}"></figure>',
     ])
@@ -102,6 +106,11 @@ def render_html(content: ReportContent) -> str:
     ]
     for note in content.notes:
         parts.append(f'<p class="note">{_e(note)}</p>')
+    links = [(_anchor(t.title), t.title) for t in content.tables_before]
+    links += [(_anchor(f.name), f.title) for f in content.figures]
+    links += [(_anchor(t.title), t.title) for t in content.tables_after]
+    parts.append('<nav><p class="note">Contents: ' + " &middot; ".join(
+        f'<a href="#{a}">{_e(title)}</a>' for a, title in links) + "</p></nav>")
     for table in content.tables_before:
         parts.append(_html_table(table))
     for fig in content.figures:

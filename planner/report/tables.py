@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-from planner.report.frame import BATCH, CHOSEN, STEP, THROUGHPUT, best_rows, feasible
+from planner.report.frame import BATCH, CHOSEN, STEP, THROUGHPUT, best_by_objective, best_rows, feasible, objective_of
 from planner.report.runs import RunRecord
 
 
@@ -46,9 +46,10 @@ def fmt_ms(seconds: Any) -> str:
 
 
 def best_gpu_table(frame: pd.DataFrame, has_prices: bool) -> Table:
-    """For each model and context: the fastest GPU (highest predicted throughput over every batch
-    and strategy swept) and, with prices, the cheapest per million tokens."""
-    fastest = best_rows(frame, ["model", "seq"], THROUGHPUT, largest=True)
+    """For each model and context: the fastest GPU (highest predicted throughput, or shortest decode
+    step for --objective latency, over every batch and strategy swept) and, with prices, the cheapest
+    per million tokens."""
+    fastest = best_by_objective(frame, ["model", "seq"])
     cheapest = best_rows(frame, ["model", "seq"], "cost_usd_per_mtok", largest=False) if has_prices else None
     columns = ["model", "context", "fastest GPU", "strategy", "batch", "tokens/s", "step"]
     if has_prices:
@@ -75,8 +76,10 @@ def best_gpu_table(frame: pd.DataFrame, has_prices: bool) -> Table:
                 c = cheap.iloc[0]
                 row += [c["gpu"], fmt_num(c["cost_usd_per_mtok"]), fmt_num(c[THROUGHPUT])]
         rows.append(tuple(row))
+    goal = ("the shortest predicted decode step" if objective_of(frame) == "latency"
+            else "the highest predicted end-to-end throughput")
     caption = ("For each model and context, the GPU whose best configuration (over every batch and strategy "
-               "swept) has the highest predicted end-to-end throughput")
+               f"swept) has {goal}")
     caption += ", and the one with the lowest cost per million generated tokens." if has_prices else "."
     return Table("Best GPU for each model and context", caption, tuple(columns), tuple(rows))
 
