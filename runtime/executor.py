@@ -49,6 +49,10 @@ class Setup:
     disk_dir: Path | None = None
     seed: int = 0
     weights_dir: Path | None = None
+    # timing runs of deep models on small machines: run this many layers per decode step, cycling
+    # through the `layers` stored ones (layer v uses weights and caches of layer v % layers); the
+    # I/O and compute of every layer are real, the logits are not those of any model
+    virtual_layers: int | None = None
 
 
 def memory_needed(s: Setup) -> dict[str, int]:
@@ -140,6 +144,8 @@ class Executor:
         self.dtype = M.TORCH_DTYPES[self.d.dtype]
         self.arch = M.Arch.of(self.m)
         self.L = s.layers
+        # decoder layers per step: with virtual_layers > layers the K stored layers are cycled through
+        self.V = max(s.virtual_layers or s.layers, s.layers)
         self.l = self.d.split_tokens
         self.gb, self.ngb = self.d.gpu_batch, self.d.num_gpu_batches
         # attention on the host CPU next to the K,V (only differs from "device" when the device is a GPU)
@@ -198,23 +204,23 @@ class Executor:
     def _timed_read(self, store: TokenStore, sp, n: int, i: int, j: int, a: int, b: int, target) -> torch.Tensor:
         res = "disk_read" if sp.tier == "disk" else "h2d"
         with self.rec.busy(n, i, res, (b - a) * store.token_bytes):
-            return store.read(sp, i, j, a, b, target)
+            return store.read(sp, i % self.L, j, a, b, target)
 
     def _timed_read_into(self, sp, n: int, i: int, j: int, a: int, b: int, buf: GatherBuffer) -> None:
         res = "disk_read" if sp.tier == "disk" else "h2d"
         with self.rec.busy(n, i, res, (b - a) * self.kv.token_bytes):
-            self.kv.read_into(sp, i, j, a, b, buf)
+            self.kv.read_into(sp, i % self.L, j, a, b, buf)
 
     def _timed_weights(self, n: int, i: int, res: str) -> dict[str, torch.Tensor]:
         with self.rec.busy(n, i, res, self.weights.record_bytes):
-            return self.weights.get(i)
+            return self.weights.get(i % self.L)
 
     def _fetch(self, store: TokenStore, n: int, i: int, j: int, a: int, b: int, target=None) -> list:
         """Futures (or ready views) for positions [a, b) of one GPU batch, in position order."""
         parts: list = []
         for sp, lo, hi in store.pieces(a, b):
             if store.is_local(sp, target):
-                parts.append(store.read(sp, i, j, lo, hi, target))
+                parts.append(store.read(sp, i % self.L, j, lo, hi, target))
             else:
                 link = "disk" if sp.tier == "disk" else "h2d"
                 parts.append(self._on_worker(link, self._timed_read, store, sp, n, i, j, lo, hi, target))
@@ -241,9 +247,9 @@ class Executor:
     def _submit(self, n: int, i: int, t: int, slot: int) -> None:
         """Queue every read layer i of step n needs (context t): weights, then X then K,V per GPU batch."""
         entry: dict = {"t": t}
-        res = self.weights.streamed(i)
+        res = self.weights.streamed(i % self.L)
         if res is None:
-            entry["w"] = self.weights.get(i)
+            entry["w"] = self.weights.get(i % self.L)
         else:
             entry["w"] = self._on_worker("disk" if res == "disk_read" else "h2d", self._timed_weights, n, i, res)
         for j in range(self.ngb):
@@ -254,20 +260,28 @@ class Executor:
     def _timed_write(self, store: TokenStore, n: int, i: int, j: int, pos: int, data: torch.Tensor) -> None:
         res = "disk_write" if store.span_of(pos).tier == "disk" else "d2h"
         with self.rec.busy(n, i, res, data.shape[0] * data.shape[-1] * data.element_size()):
-            store.write(i, j, pos, data)
+            store.write(i % self.L, j, pos, data)
 
     def _write_back(self, store: TokenStore, n: int, i: int, j: int, pos: int, data: torch.Tensor) -> None:
         sp = store.span_of(pos)
         if store.is_local(sp, data.device):
             with self.rec.busy(n, i, "compute"):
-                store.write(i, j, pos, data)
+                store.write(i % self.L, j, pos, data)
         else:
             self.writes.append(self._on_worker("disk" if sp.tier == "disk" else "h2d", self._timed_write,
                                                store, n, i, j, pos, data))
 
-    @staticmethod
-    def _ready(x):
-        return x.result() if isinstance(x, Future) else x
+    def _ready(self, x):
+        """The value of a read; on CUDA, tensors made on the copy stream are marked as used by the
+        compute stream so the caching allocator does not hand their memory out early."""
+        if not isinstance(x, Future):
+            return x
+        out = x.result()
+        if self.copy_stream is not None:
+            for t in out.values() if isinstance(out, dict) else [out]:
+                if isinstance(t, torch.Tensor) and t.is_cuda:
+                    t.record_stream(torch.cuda.current_stream())
+        return out
 
     # -- prefill ---------------------------------------------------------------------------------
     def prefill(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -312,7 +326,7 @@ class Executor:
             raise KvplanError(f"{steps} steps from position {start} run past the plan's seq {self.s.seq}")
         a = self.arch
         out = []
-        order = [(n, i) for n in range(steps) for i in range(self.L)]
+        order = [(n, i) for n in range(steps) for i in range(self.V)]
         cur = tokens.to(self.dev)
         self._submit(0, 0, start, 0)
         for k, (n, i) in enumerate(order):
@@ -350,7 +364,7 @@ class Executor:
                     self._write_back(self.kv, n, i, j, t, kv_new)
                     wrote = True
                     with self.rec.busy(n, i, att_res):
-                        kv_all = self.kv.read(kvp["in_place"], i, j, self.l, t + 1, ad)
+                        kv_all = self.kv.read(kvp["in_place"], i % self.L, j, self.l, t + 1, ad)
                         attn = M.attention(a, q.to(ad), kv_all, causal=False).to(self.dev)
                 else:
                     for f in kvp["futures"]:
@@ -360,7 +374,7 @@ class Executor:
                         if kv_rec is not None:
                             buf.tensor[:kv_rec.shape[1]].copy_(kv_rec.transpose(0, 1))
                         for sp, lo, hi in kvp["local"]:
-                            buf.tensor[lo:hi].copy_(self.kv.read(sp, i, j, lo, hi, ad).transpose(0, 1))
+                            buf.tensor[lo:hi].copy_(self.kv.read(sp, i % self.L, j, lo, hi, ad).transpose(0, 1))
                         buf.tensor[t].copy_(kv_new[:, 0])
                         attn = M.attention(a, q.to(ad), buf.rows_view(0, t + 1), causal=False).to(self.dev)
                 with self.rec.busy(n, i, "compute"):
@@ -373,7 +387,7 @@ class Executor:
             if nxt is not None and not early:
                 self._submit(nxt[0], nxt[1], start + nxt[0], (k + 1) % 2)
             self.rec.mark_layer_end(n, i)
-            if i == self.L - 1:
+            if i == self.V - 1:
                 with self.rec.busy(n, -1, "compute"):
                     logits = torch.cat([M.head(a, self.outer, h)[:, 0] for h in hs]).float()
                     if forced is not None and n + 1 < steps:

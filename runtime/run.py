@@ -96,7 +96,9 @@ def execute_plan(plan: Plan, opts: RunOptions) -> dict[str, Any]:
         fill = "prefill" if prefill_flops <= PREFILL_FLOPS_LIMIT else "random"
     notes: list[str] = []
     if K < L:
-        notes.append(f"ran {K} of {L} layers; whole-model times are the measured per-layer times x {L}/{K}")
+        notes.append(f"--layers {K}: each decode step runs all {L} layers, cycling through {K} stored layers' "
+                     f"weights and caches (real I/O and compute per layer, memory of {K} layers, logits not "
+                     f"meaningful); prefill ran {K} layers and is scaled by {L}/{K}")
     if fill == "random":
         notes.append(f"caches filled with random values for positions [0, {start}) instead of a real prefill "
                      "(timing only; use --fill prefill for real tokens)")
@@ -111,7 +113,7 @@ def execute_plan(plan: Plan, opts: RunOptions) -> dict[str, Any]:
     need = check_fits(setup)
     work = Path(tempfile.mkdtemp(prefix="kvplan-run-", dir=base))
     setup = Setup(model=m, decisions=d, seq=plan.seq, layers=K, device=device, disk_dir=work, seed=opts.seed,
-                  weights_dir=opts.weights_dir)
+                  weights_dir=opts.weights_dir, virtual_layers=L)
     ex = None
     try:
         ex = Executor(setup)
@@ -142,17 +144,17 @@ def execute_plan(plan: Plan, opts: RunOptions) -> dict[str, Any]:
     steps_used = list(range(1, N)) if N >= 2 else [0]
     if N >= 2:
         notes.append("step 0 (warm-up) is left out of the means")
-    meas = summarize(rec, steps_used, K)
-    scale = L / K
+    meas = summarize(rec, steps_used, L)
+    scale = L / K  # prefill only: it ran K layers
+    step_s = meas["layers_wall_s"]  # every step ran all L layers (cycling through K stored ones if K < L)
     measured = {
         "per_layer_busy_s": meas["per_layer_busy_s"],
-        "per_layer_step_s": meas["per_layer_wall_s"],
-        "decode_step_s": meas["layers_wall_s"] * scale,
+        "per_layer_step_s": step_s / L,
+        "decode_step_s": step_s,
         "head_s": meas["step_wall_s"] - meas["layers_wall_s"],
-        "decode_throughput_tokens_per_s": d.batch / (meas["layers_wall_s"] * scale),
+        "decode_throughput_tokens_per_s": d.batch / step_s,
         "prefill_s": prefill_s * scale if prefill_s is not None and start == plan.prompt else None,
-        "link_bytes_per_step": {r: meas["bytes_per_step"][r] * scale for r in ("h2d", "disk_read", "d2h",
-                                                                                "disk_write")},
+        "link_bytes_per_step": {r: meas["bytes_per_step"][r] for r in ("h2d", "disk_read", "d2h", "disk_write")},
         "step_wall_s": [rec.step_span_s[s][1] - rec.step_span_s[s][0] for s in range(N)],
     }
     if measured["prefill_s"] is not None:
@@ -160,7 +162,7 @@ def execute_plan(plan: Plan, opts: RunOptions) -> dict[str, Any]:
         measured["throughput_tokens_per_s"] = d.batch * gen / measured["total_s"]
     busiest = max(meas["per_layer_busy_s"][r] for r in RESOURCES)
     measured["overlap"] = {
-        "step_over_busiest_resource": meas["per_layer_wall_s"] / busiest if busiest > 0 else None,
+        "step_over_busiest_resource": step_s / L / busiest if busiest > 0 else None,
         "step_over_plan_lower_bound": (measured["decode_step_s"] / pred.lower_bound["step_s"]
                                        if pred.lower_bound else None),
     }
@@ -168,7 +170,7 @@ def execute_plan(plan: Plan, opts: RunOptions) -> dict[str, Any]:
     for r in ("disk_read", "disk_write", "h2d", "d2h"):
         busy = meas["per_layer_busy_s"][r]
         if busy > 0:
-            bw[r] = meas["bytes_per_step"][r] / K / busy / 1e9
+            bw[r] = meas["bytes_per_step"][r] / L / busy / 1e9
     measured["achieved_gb_per_s"] = bw
     return {
         "plan": {"model": m.name, "seq": plan.seq, "prompt": plan.prompt, "gen": plan.gen,

@@ -66,10 +66,11 @@ def test_layers_and_json_output(run_cli, write_json, tmp_path, no_local_profile)
     result = run_cli("execute", plan, "--steps", "2", "--layers", "2", "--json", "--disk-dir", tmp_path)
     assert result.exit_code == 0, result.stderr
     rec = json.loads(result.stdout)
-    assert any("ran 2 of 3 layers" in n for n in rec["notes"])
+    assert any("runs all 3 layers, cycling through 2 stored" in n for n in rec["notes"])
     assert rec["measured"]["per_layer_busy_s"]["disk_read"] == 0
     m = rec["measured"]
-    assert m["decode_step_s"] == pytest.approx(m["per_layer_step_s"] * 3, rel=0.2)
+    assert m["decode_step_s"] == pytest.approx(m["per_layer_step_s"] * 3)
+    assert m["per_layer_busy_s"]["compute"] > 0
 
 
 def _mutate(path: str, value):

@@ -1,0 +1,42 @@
+"""Helpers shared by the runtime benchmarks: solve with this machine's profile, run a plan."""
+
+from __future__ import annotations
+
+import copy
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from planner.plan import plan_from_dict  # noqa: E402
+from planner.profile import Profile, find_local_profile, load_profile  # noqa: E402
+from runtime.run import RunOptions, execute_plan  # noqa: E402
+
+
+def local_profile(path: str | None) -> tuple[Profile, Path]:
+    p = Path(path) if path else find_local_profile()
+    if p is None:
+        sys.exit("no profile of this machine: run 'kvplan profile --quick' first (or pass --profile FILE)")
+    return load_profile(p), p
+
+
+def with_decisions(plan: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    out = copy.deepcopy(plan)
+    out["decisions"].update(changes)
+    return out
+
+
+def run(plan: dict[str, Any], profile_path: Path, layers: int, steps: int, disk_dir: Path,
+        threads: int | None) -> dict[str, Any]:
+    """Execute with random-filled caches (timing only) and the given profile's re-prediction."""
+    return execute_plan(plan_from_dict(plan), RunOptions(steps=steps, layers=layers, disk_dir=disk_dir,
+                                                         profile_path=profile_path, fill="random",
+                                                         threads=threads))
+
+
+def load_note() -> str:
+    one, five, _ = os.getloadavg()
+    return f"load average {one:.2f} (1 min) / {five:.2f} (5 min) on {os.cpu_count()} CPUs"

@@ -1,0 +1,112 @@
+"""Measured vs predicted decode step over a set of plans (models, contexts, batches, strategies),
+all solved with this machine's profile and run by `kvplan execute`'s runtime.
+
+    python benchmarks/gap_over_plans.py [--layers 2 --steps 3 --threads N]
+
+Prints a markdown table (per plan: predicted and measured step, gap, the bound the planner expected
+and the busiest measured resource) and the median absolute gap; saves docs/gap_over_plans.json.
+Target (issue #5): median |gap| <= 10%.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+from _common import REPO, load_note, local_profile, run
+
+from planner.errors import KvplanError
+from planner.jsonio import write_json_atomic
+from planner.models import load_model
+from planner.search import SolveRequest, solve
+
+GB = 10**9
+# (model, seq, gen, batch, strategy, device-memory cap in bytes or None)
+CASES = [
+    ("opt-125m", 2048, 16, 8, "resident", None),
+    ("opt-125m", 2048, 16, 8, "transfer", 1 * GB),
+    ("opt-125m", 2048, 16, 8, "recompute", 1 * GB),
+    ("opt-125m", 2048, 16, 8, "auto", 1 * GB),
+    ("opt-125m", 512, 16, 16, "auto", GB // 2),
+    ("opt-1.3b", 512, 16, 8, "resident", None),
+    ("opt-1.3b", 1024, 16, 4, "transfer", 6 * GB),
+    ("opt-1.3b", 1024, 16, 4, "auto", 6 * GB),
+    ("opt-1.3b", 512, 16, 4, "auto", 3 * GB),
+    ("tinyllama-1.1b", 1024, 16, 4, "resident", None),
+    ("tinyllama-1.1b", 2048, 16, 8, "transfer", 5 * GB),
+    ("tinyllama-1.1b", 2048, 16, 8, "auto", 5 * GB),
+]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--profile", default=None)
+    ap.add_argument("--disk-dir", default="/tmp")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--only", default=None, help="comma-separated case numbers (1-based)")
+    ap.add_argument("--out", default=str(REPO / "docs" / "gap_over_plans.json"))
+    args = ap.parse_args()
+    profile, profile_path = local_profile(args.profile)
+    picked = [int(x) for x in args.only.split(",")] if args.only else range(1, len(CASES) + 1)
+    print(f"profile {profile.name}; {args.layers} stored layers, {args.steps} steps per run; {load_note()}",
+          flush=True)
+    rows = []
+    for k in picked:
+        name, seq, gen, batch, strategy, cap = CASES[k - 1]
+        req = SolveRequest(model=load_model(name), seq=seq, gen=gen, batch=batch, objective="latency",
+                           strategy=strategy, gpu_mem_bytes=cap)
+        try:
+            plan = solve(req, profile)
+        except KvplanError as exc:
+            print(f"  #{k} {name} {strategy}: not solvable here ({exc})", flush=True)
+            continue
+        rec = run(plan, profile_path, args.layers, args.steps, Path(args.disk_dir), args.threads)
+        pred, meas = rec["predicted"], rec["measured"]
+        busy = meas["per_layer_busy_s"]
+        top = max(busy, key=lambda r: busy[r])
+        d = plan["decisions"]
+        row = {
+            "case": k, "model": name, "seq": seq, "batch": batch, "asked": strategy, "chosen": d["strategy"],
+            "split": d["split_tokens"], "kv_disk": d["kv_placement"]["disk"],
+            "weights_disk": d["weight_placement"]["disk"],
+            "predicted_s": pred["decode_step_s"], "measured_s": meas["decode_step_s"],
+            "gap_pct": 100 * (meas["decode_step_s"] - pred["decode_step_s"]) / pred["decode_step_s"],
+            "predicted_bound": pred["timeline"]["bound_by"] if "timeline" in pred else None,
+            "measured_busiest": top,
+            "predicted_busy_s": pred["per_layer_busy_s"], "measured_busy_s": busy,
+            "load": rec["run"]["load_average_1min"], "threads": rec["run"]["torch_threads"],
+        }
+        rows.append(row)
+        print(f"  #{k} {name} s={seq} b={batch} {strategy}->{d['strategy']} l={d['split_tokens']}: predicted "
+              f"{row['predicted_s']:.3f} s, measured {row['measured_s']:.3f} s ({row['gap_pct']:+.0f}%)", flush=True)
+    if not rows:
+        return 1
+    print()
+    print("| # | model | seq | batch | strategy (asked -> chosen) | l | K,V on disk | predicted step (s) "
+          "| measured step (s) | gap | planner's bound | busiest measured | compute pred / meas (ms/layer) "
+          "| disk read pred / meas (ms/layer) |")
+    print("| ---: | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- | --- | ---: | ---: |")
+    for r in rows:
+        pb, mb = r["predicted_busy_s"], r["measured_busy_s"]
+        print(f"| {r['case']} | {r['model']} | {r['seq']} | {r['batch']} | {r['asked']} -> {r['chosen']} "
+              f"| {r['split']} | {100 * r['kv_disk']:.0f}% | {r['predicted_s']:.3f} | {r['measured_s']:.3f} "
+              f"| {r['gap_pct']:+.0f}% | {r['predicted_bound']} | {r['measured_busiest']} "
+              f"| {1e3 * pb['compute']:.1f} / {1e3 * mb['compute']:.1f} "
+              f"| {1e3 * pb['disk_read']:.1f} / {1e3 * mb['disk_read']:.1f} |")
+    gaps = [abs(r["gap_pct"]) for r in rows]
+    med = statistics.median(gaps)
+    print()
+    print(f"median |gap| = {med:.1f}% over {len(rows)} plans -> {'PASS' if med <= 10 else 'FAIL'} (target <= 10%)")
+    print(load_note())
+    write_json_atomic(args.out, {"profile": profile.name, "layers": args.layers, "steps": args.steps,
+                                 "rows": rows, "median_abs_gap_pct": med})
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
