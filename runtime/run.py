@@ -71,7 +71,16 @@ def pick_device(opt: str) -> str:
 
 
 def execute_plan(plan: Plan, opts: RunOptions) -> dict[str, Any]:
-    """Run the plan; return the full run record (plain data, JSON-ready)."""
+    """Run the plan; return the full run record (plain data, JSON-ready). torch's thread count is
+    restored afterwards (the run may change it)."""
+    previous = torch.get_num_threads()
+    try:
+        return _execute(plan, opts)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _execute(plan: Plan, opts: RunOptions) -> dict[str, Any]:
     check_plan_against_model(plan)
     m, d = plan.model, plan.decisions
     L = m.num_layers
@@ -83,11 +92,6 @@ def execute_plan(plan: Plan, opts: RunOptions) -> dict[str, Any]:
     if N < 1 or N > gen:
         raise KvplanError(f"--steps must be in [1, {gen}] (the plan generates {gen} tokens), got {N}")
     device = pick_device(opts.device)
-    if opts.threads is not None:
-        if opts.threads < 1:
-            raise KvplanError(f"--threads must be at least 1, got {opts.threads}")
-        torch.set_num_threads(opts.threads)
-    load_before = os.getloadavg()[0]
     # run the N steps centred on the plan's average context prompt + (gen-1)/2 (docs/plan-schema.md)
     start = plan.prompt + (gen - N) // 2
     prefill_flops = 2.0 * d.batch * start * layer_weight_params(m) * K
@@ -104,6 +108,16 @@ def execute_plan(plan: Plan, opts: RunOptions) -> dict[str, Any]:
                      "(timing only; use --fill prefill for real tokens)")
     pred = P.choose_prediction(plan, device, opts.profile_path)
     notes.append(pred.source)
+    threads = opts.threads
+    measured_with = (pred.profile.data.get("measurement") or {}).get("torch_threads") if pred.profile else None
+    if threads is None and device == "cpu" and isinstance(measured_with, int) and measured_with >= 1:
+        threads = measured_with
+        notes.append(f"{threads} torch threads, as the profile {pred.profile.name} was measured with")
+    if threads is not None:
+        if threads < 1:
+            raise KvplanError(f"--threads must be at least 1, got {threads}")
+        torch.set_num_threads(threads)
+    load_before = os.getloadavg()[0]
     own_dir = opts.disk_dir is None
     base = Path(tempfile.gettempdir()) if own_dir else Path(opts.disk_dir)
     if not base.is_dir():
