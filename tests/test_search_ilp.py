@@ -243,3 +243,18 @@ def test_cbc_finds_the_same_optimum_as_highs():
     assert (highs.solver, cbc.solver) == ("HiGHS", "CBC")
     assert cbc.status == "Optimal"
     assert cbc.objective_value == pytest.approx(highs.objective_value, rel=1e-5)
+
+
+@pytest.mark.parametrize("model_name,gpu,seq,batch,cpu_mem", [
+    ("opt-13b", "a100-40g-pcie", 2048, 32, None),
+    ("opt-30b", "a100-40g-pcie", 4096, 64, 32 * 10**9),
+    ("llama-2-13b", "l4", 8192, None, None),
+    ("qwen2.5-14b", "t4", 32768, 8, 32 * 10**9),
+])
+def test_whole_token_plans_stay_within_every_tier(model_name, gpu, seq, batch, cpu_mem):
+    """The MILP's fractions become whole tokens and whole layers; the plan still fits every tier."""
+    plan = solve(SolveRequest(model=load_model(model_name), seq=seq, gen=128, batch=batch,
+                              cpu_mem_bytes=cpu_mem), load_profile(gpu=gpu))
+    mem, usable = plan["prediction"]["memory_bytes"], plan["solver"]["usable_bytes"]
+    for tier in ("device", "host", "disk"):
+        assert mem[tier] <= usable[tier]

@@ -84,7 +84,9 @@ def test_bad_inputs_are_one_line_errors(run_cli, args, needle):
 
 def test_unknown_strategy_and_model(run_cli):
     r = run_cli("solve", "--model", "opt-125m", "--seq", "512", "--gpu", "t4", "--strategy", "magic")
-    assert r.exit_code == 2 and "magic" in r.stderr
+    assert r.exit_code == 2 and "unknown strategy 'magic'" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = run_cli("solve", "--model", "opt-125m", "--seq", "512", "--gpu", "t4", "--objective", "fast")
+    assert r.exit_code == 2 and "unknown objective" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     r = run_cli("solve", "--model", "gpt-17", "--seq", "512", "--gpu", "t4")
     assert r.exit_code == 2 and "unknown model" in r.stderr
 
@@ -109,3 +111,23 @@ def test_measured_local_profile_is_used_by_default(run_cli, local_profile_path, 
     assert plan["hardware"]["device_type"] == "cpu" and plan["hardware"]["profile_kind"] == "measured"
     assert plan["decisions"]["dtype"] == "float32"
     assert plan["prediction"]["memory_bytes"]["host"] == 0
+
+
+def test_cpu_only_profile_infeasible_names_the_disk(run_cli, local_profile_path, tmp_path):
+    r = run_cli("solve", "--model", "opt-30b", "--seq", "2048", "--batch", "8", "--profile", local_profile_path,
+                "--disk", "20GB", "-o", tmp_path / "p.json")
+    assert r.exit_code == 2
+    assert "of disk" in r.stderr and "20 GB available" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_caps_are_respected(run_cli, tmp_path):
+    out = tmp_path / "p.json"
+    r = run_cli("solve", "--model", "opt-13b", "--seq", "2048", "--batch", "32", "--gpu", "a100-40g-pcie",
+                "--gpu-mem", "30GB", "--cpu-mem", "16GiB", "-o", out)
+    assert r.exit_code == 0, r.stderr
+    plan = load_plan(out).data
+    mem = plan["prediction"]["memory_bytes"]
+    assert mem["device"] <= 30e9 * 1.0001 and mem["host"] <= 16 * 2**30
+    assert plan["inputs"]["gpu_mem_bytes"] == 30 * 10**9 and plan["inputs"]["cpu_mem_bytes"] == 16 * 2**30
+    assert mem["disk"] > 0  # what did not fit in 30 GB + 16 GiB went to disk

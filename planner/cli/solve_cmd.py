@@ -112,11 +112,11 @@ def _tiers(frac: dict[str, float]) -> str:
 @click.option("--profile", "profile_path", type=click.Path(dir_okay=False), default=None,
               help="Hardware profile JSON (from 'kvplan profile').")
 @click.option("--gpu", default=None, help="Datasheet profile by GPU name (see 'kvplan gpus').")
-@click.option("--objective", type=click.Choice(["throughput", "latency"]), default="throughput", show_default=True)
-@click.option("--strategy", type=click.Choice(list(REQUEST_STRATEGIES)), default="auto", show_default=True,
-              help="Pin one strategy as a baseline; auto searches them all.")
-@click.option("--dtype", type=click.Choice(["float16", "bfloat16", "float32"]), default=None,
-              help="Default: the model's dtype on a GPU, float32 on a CPU-only profile.")
+@click.option("--objective", default="throughput", show_default=True, help="throughput | latency")
+@click.option("--strategy", default="auto", show_default=True,
+              help=f"{' | '.join(REQUEST_STRATEGIES)}: pin one strategy as a baseline; auto searches them all.")
+@click.option("--dtype", default=None,
+              help="float16 | bfloat16 | float32 (default: the model's dtype on a GPU, float32 on a CPU-only profile).")
 @click.option("--gpu-mem", "gpu_mem", default=None, help="Cap on device memory, e.g. 24GB.")
 @click.option("--cpu-mem", "cpu_mem", default=None, help="Cap on host memory, e.g. 64GB.")
 @click.option("--disk", "disk", default=None, help="Cap on disk space, e.g. 500GB.")

@@ -56,7 +56,7 @@ def exhaustive_search(coeffs: list[Coeffs], zeros: list[frozenset[str]], num_lay
                     values[name] = float(n)
                 values["zw"] = 1.0 if values["nh"] + values["nk"] > 0 else 0.0
                 points += 1
-                if any(co.memory[t].at(values) > caps[t] * (1 + _MEM_RTOL) + 1.0 for t in caps):
+                if any(co.memory[t].at(values) > co.cap(t, caps[t]) * (1 + _MEM_RTOL) + 1.0 for t in caps):
                     continue
                 obj = surrogate_value(co, values)["objective"]
                 if best is None or obj < best.objective_value:

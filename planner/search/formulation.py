@@ -96,6 +96,16 @@ class Coeffs:
     prefill: dict[str, LinForm]  # resource -> seconds for the prompt (all layers)
     memory: dict[str, LinForm]  # tier -> bytes at peak
     objective: LinForm  # what the MILP minimises for this combo (seconds per token or per step)
+    round_margin_bytes: float = 0.0  # room left on device and host for rounding to whole tokens
+
+    def cap(self, tier: str, capacity: float) -> float:
+        """The capacity the MILP may fill on `tier`: whole-token rounding of the placement can add up
+        to a few tokens per piece (solve.decisions_from_values), so device and host keep that much
+        free (unless the tier is so small that the margin would dominate it)."""
+        margin = self.round_margin_bytes
+        if tier in ("device", "host") and capacity > 10 * margin:
+            return capacity - margin
+        return capacity
 
 
 def _lin(const: float = 0.0, **coefs: float) -> LinForm:
@@ -244,7 +254,9 @@ def coefficients(st: Setting, combo: Combo, cost: CostModel, profile: Profile) -
     memory = {"device": device, "host": host, "disk": disk_mem}
 
     objective = _objective(st, combo, decode, prefill)
-    return Coeffs(combo=combo, decode=decode, prefill=prefill, memory=memory, objective=objective)
+    margin = 3 * L * b * max(kvpt, xpt)
+    return Coeffs(combo=combo, decode=decode, prefill=prefill, memory=memory, objective=objective,
+                  round_margin_bytes=float(margin))
 
 
 def _objective(st: Setting, combo: Combo, decode: dict[str, LinForm], prefill: dict[str, LinForm]) -> LinForm:

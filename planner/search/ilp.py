@@ -144,8 +144,9 @@ def solve_milp(coeffs: list[Coeffs], zero: list[frozenset[str]], num_layers: int
         for tier, cap in caps.items():
             # each combo's memory within the caps when selected: exact, since exactly one combo is
             # selected, and it makes the LP relaxation the convex hull of the union of the combos
-            unit = cap if cap > 0 else 1e9
-            add(terms(co.memory[tier], unit) + [(y, -cap / unit)], pulp.LpConstraintLE, f"mem_{tier}_{k}")
+            room = co.cap(tier, cap)
+            unit = room if room > 0 else 1e9
+            add(terms(co.memory[tier], unit) + [(y, -room / unit)], pulp.LpConstraintLE, f"mem_{tier}_{k}")
         # T variables are already in units of tu; the tie-break terms are seconds
         objective.extend((v, c if n in ("T_dec", "T_pf") else c / tu)
                          for (v, c), n in zip(terms(co.objective), [n for n, _ in co.objective.coefs if n in var],

@@ -14,7 +14,7 @@ from planner.layer_costs import (
     x_bytes_per_token,
 )
 from planner.models import DTYPE_BYTES
-from planner.plan import PLAN_SCHEMA_VERSION, Decisions, plan_from_dict
+from planner.plan import PLAN_SCHEMA_VERSION, TIERS, Decisions, plan_from_dict
 from planner.profile import Profile
 from planner.search.evaluate import cost_model_for, evaluate
 from planner.search.formulation import (
@@ -90,18 +90,43 @@ def strategy_label(split: int, kv: dict[str, float], x: dict[str, float], where:
     return "mixed"
 
 
+def _whole_tokens(parts: dict[str, float], total: int) -> dict[str, int]:
+    """Whole tokens per tier summing to `total`: device and host rounded down (never more memory than
+    the MILP gave them, up to the margin), the remainder to the last tier the MILP used."""
+    counts = {t: 0 for t in TIERS}
+    if total <= 0:
+        return counts
+    used = [t for t in TIERS if parts[t] > 1e-9] or ["device"]
+    for t in TIERS[:-1]:
+        if t != used[-1]:
+            counts[t] = min(int(parts[t] + 1e-6), total - sum(counts.values()))
+    counts[used[-1]] = total - sum(counts.values())
+    return counts
+
+
+def _token_fractions(counts: dict[str, int]) -> dict[str, float]:
+    """Fractions from whole-token counts, rounded to 9 decimals so that the position cut of
+    planner/plan.py (round(cumulative fraction * n)) gives back exactly these counts."""
+    n = sum(counts.values())
+    if n == 0:
+        return {"device": 1.0, "host": 0.0, "disk": 0.0}
+    out = {t: round(counts[t] / n, 9) for t in TIERS}
+    last = max((t for t in TIERS if counts[t] > 0), key=TIERS.index)
+    out[last] = round(1.0 - sum(v for t, v in out.items() if t != last), 9)
+    return out
+
+
 def decisions_from_values(st: Setting, combo: Combo, values: dict[str, float]) -> Decisions:
     seq = st.seq
-    x_tot = values["xd"] + values["xh"] + values["xk"]
-    split = min(seq, max(0, round(x_tot * seq)))
-    x = _fractions({"device": values["xd"], "host": values["xh"], "disk": values["xk"]}) if split else \
-        {"device": 1.0, "host": 0.0, "disk": 0.0}
-    kv = _fractions({"device": values["kd"], "host": values["kh"], "disk": values["kk"]}) if split < seq else \
-        {"device": 1.0, "host": 0.0, "disk": 0.0}
+    x_tok = {"device": values["xd"] * seq, "host": values["xh"] * seq, "disk": values["xk"] * seq}
+    kv_tok = {"device": values["kd"] * seq, "host": values["kh"] * seq, "disk": values["kk"] * seq}
+    split = min(seq, max(0, round(sum(x_tok.values()))))
+    x = _token_fractions(_whole_tokens(x_tok, split))
+    kv = _token_fractions(_whole_tokens(kv_tok, seq - split))
     L = st.model.num_layers
     nd, nh = round(values["nd"]), round(values["nh"])
     nk = L - nd - nh
-    w = {"device": round(nd / L, 6), "host": round(nh / L, 6), "disk": round(nk / L, 6)}
+    w = {"device": round(nd / L, 9), "host": round(nh / L, 9), "disk": round(nk / L, 9)}
     w = _fractions(w)
     return Decisions(
         strategy=strategy_label(split, kv, x, combo.attention_where), dtype=st.dtype, batch=combo.batch,
