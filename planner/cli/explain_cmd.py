@@ -99,7 +99,8 @@ def explain_lines(plan_data: dict[str, Any], model, seq: int, prompt: int, gen: 
         if value <= 0:
             continue
         mark = "  <- sets the step" if name == bound_by or (bound_by == "disk" and name.startswith("disk")) else ""
-        out.append(f"  {name:<10} {_bar(value, longest)} {_ms(value):>14}{mark}")
+        busy_pct = 100 * value / pred["per_layer_step_s"] if pred["per_layer_step_s"] > 0 else 0.0
+        out.append(f"  {name:<10} {_bar(value, longest)} {_ms(value):>14} {busy_pct:5.0f}% busy{mark}")
     overl = tl.get("overlapped", [])
     if len(overl) > 1:
         out.append(f"  overlapped (run at the same time): {', '.join(overl)}")
