@@ -38,20 +38,23 @@ class IlpResult:
     constraints: int
 
 
+TIME_LIMIT_S = 30.0  # a safety net: the MILPs here solve in milliseconds (docs/planner.md, "Speed")
+
+
 def _solver(prefer: str = "HiGHS") -> tuple[pulp.LpSolver, str]:
     """HiGHS through highspy (a dependency); CBC (COIN_CMD, PuLP 3.3's non-deprecated interface, on the
     binary PuLP bundles when none is on PATH) if HiGHS is unavailable or CBC is asked for."""
     if prefer == "HiGHS":
         # presolve off: on these small models it costs more than it saves (docs/planner.md, "Speed");
         # tight gaps so the optimum is the optimum (tests compare it with exhaustive search).
-        highs = pulp.HiGHS(msg=False, threads=1, presolve="off", gapRel=1e-7, gapAbs=1e-9)
+        highs = pulp.HiGHS(msg=False, threads=1, presolve="off", gapRel=1e-7, gapAbs=1e-9, timeLimit=TIME_LIMIT_S)
         if highs.available():
             return highs, "HiGHS"
-    cbc = pulp.COIN_CMD(msg=False, gapRel=1e-7, threads=1)
+    cbc = pulp.COIN_CMD(msg=False, gapRel=1e-7, threads=1, timeLimit=TIME_LIMIT_S)
     if not cbc.available():
         from pulp.apis.coin_api import pulp_cbc_path
 
-        cbc = pulp.COIN_CMD(msg=False, gapRel=1e-7, threads=1, path=pulp_cbc_path)
+        cbc = pulp.COIN_CMD(msg=False, gapRel=1e-7, threads=1, timeLimit=TIME_LIMIT_S, path=pulp_cbc_path)
     return cbc, "CBC"
 
 

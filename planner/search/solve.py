@@ -22,6 +22,7 @@ from planner.search.formulation import (
     Combo,
     Setting,
     activation_bytes,
+    batch_candidates,
     coefficients,
     combos_for,
     pinned_zero,
@@ -303,6 +304,9 @@ def solve(request: SolveRequest, profile: Profile) -> dict[str, Any]:
     if request.seq > m.max_position_embeddings:
         warnings.append(f"seq {request.seq} exceeds {m.name}'s trained context of {m.max_position_embeddings} "
                         "tokens; the plan is sized for it, but output quality past that length is not assured")
+    if request.batch is None and chosen.decisions.batch == max(batch_candidates(None)):
+        warnings.append(f"batch auto chose {chosen.decisions.batch}, the largest it searches; a larger --batch "
+                        "may be faster still")
     ilp = chosen.ilp
     plan = {
         "schema_version": PLAN_SCHEMA_VERSION,
