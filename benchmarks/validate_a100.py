@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(f"train: {', '.join(TRAIN)} ({len(train)} rows); held out: {', '.join(HELD_OUT)} ({len(test)} rows)")
     for fam, m in models.items():
-        print(f"fitted {fam}: kind {m['kind']}, {m['n_samples']} samples, cross-validated MAPE "
+        print(f"fitted {fam}: kind {fitted.label(m)}, {m['n_samples']} samples, cross-validated MAPE "
               f"{m['cv_mape'] * 100:.1f}% (by kind: "
               + ", ".join(f"{k} {v * 100:.1f}%" for k, v in m["cv_mape_by_kind"].items()) + ")")
     print(f"calibrated roofline efficiencies (training models only): {calibrated}")

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from planner.cli.output import echo_json, human_bytes, print_table
+from planner.costmodel import fitted
 from planner.jsonio import write_json_atomic
 
 
@@ -34,6 +35,8 @@ def command(quick: bool, smoke: bool, disk_dir: Path | None, output: Path | None
         click.echo(f"warning: the machine is busy (load average {load} on {cpu_cores()} cores); timings will be "
                    "noisy and slower than on an idle machine (try --threads 1, or profile when idle)", err=True)
     mode = "smoke" if smoke else "quick" if quick else "full"
+    if smoke and threads is None:
+        threads = 1  # tests and CI share their cores: one thread, timed by its CPU clock (timing.py)
     if output is None:
         output = default_output_path(detect_device(force_cpu=force_cpu))
     with _progress() as factory:
@@ -74,7 +77,7 @@ class _progress:
 
 def _summary(data: dict, output: Path) -> dict:
     models = {
-        key: {"kind": m["kind"], "cv_mape": m["cv_mape"], "samples": m["n_samples"],
+        key: {"kind": fitted.label(m), "cv_mape": m["cv_mape"], "samples": m["n_samples"],
               "skipped": data["samples"].get(key, {}).get("skipped", 0)}
         for key, m in sorted(data["cost_models"].items())
     }

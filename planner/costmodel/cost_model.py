@@ -62,7 +62,7 @@ class CostModel:
             model = self.fitted.get(f"link.{where}")
         else:
             model = self.fitted_model(family, where, dtype)
-        return f"fitted:{model['kind']}" if model else "roofline"
+        return f"fitted:{fitted.label(model)}" if model else "roofline"
 
     # -- queries -----------------------------------------------------------------------------
     def gemm_s(self, gemm: Gemm, dtype: str, where: str = "device") -> float:

@@ -41,6 +41,7 @@ DIMS: dict[str, tuple[str, ...]] = {
     "link": ("bytes",),
 }
 MIN_SAMPLES_FOR_CORRECTION = 8
+HINGE_KNOTS = 3
 CV_FOLDS = 5
 TREE_MAX_DEPTH = 4
 POLY_RIDGE_ALPHA = 1e-2
@@ -68,6 +69,23 @@ def work_terms(family: str, dims: np.ndarray, dtype_bytes: int) -> np.ndarray:
 
 def _log_dims(dims: np.ndarray) -> np.ndarray:
     return np.log(np.maximum(np.asarray(dims, dtype=float), 1.0))
+
+
+def _with_hinges(x: np.ndarray, knots_gb: Sequence[float]) -> np.ndarray:
+    """Append max(0, bytes - knot) columns (bytes = the last work term, in GB): with non-negative
+    coefficients the line becomes a convex, increasing piecewise-linear function of bytes, i.e. a
+    rate that drops once a working set falls out of a cache level."""
+    if not knots_gb:
+        return x
+    hinges = [np.maximum(x[:, -1] - k, 0.0) for k in knots_gb]
+    return np.column_stack([x, *hinges])
+
+
+def _knots_gb(dims: np.ndarray, family: str, dtype_bytes: int) -> list[float]:
+    """HINGE_KNOTS knots at evenly spaced quantiles of log(bytes) over the samples."""
+    gb = work_terms(family, dims, dtype_bytes)[:, -1]
+    qs = np.linspace(0, 1, HINGE_KNOTS + 2)[1:-1]
+    return [float(v) for v in np.unique(np.exp(np.quantile(np.log(np.maximum(gb, 1e-12)), qs)))]
 
 
 # -- fitting -------------------------------------------------------------------------------------
@@ -130,10 +148,13 @@ def _tree_eval(data: dict[str, Any], logd: np.ndarray) -> np.ndarray:
     return out
 
 
-def _fit_kind(kind: str, family: str, dims: np.ndarray, y: np.ndarray, dtype_bytes: int) -> dict[str, Any]:
-    x = work_terms(family, dims, dtype_bytes)
+def _fit_kind(
+    kind: str, family: str, dims: np.ndarray, y: np.ndarray, dtype_bytes: int, hinge: bool = False
+) -> dict[str, Any]:
+    knots = _knots_gb(dims, family, dtype_bytes) if hinge else []
+    x = _with_hinges(work_terms(family, dims, dtype_bytes), knots)
     coef = _fit_linear(x, y)
-    model: dict[str, Any] = {"kind": kind, "linear": [float(c) for c in coef]}
+    model: dict[str, Any] = {"kind": kind, "linear": [float(c) for c in coef], "knots_gb": knots}
     if kind == "linear":
         return model
     base = np.maximum(_linear_predict(coef, x), 1e-12)
@@ -147,13 +168,13 @@ def _mape(pred: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(np.abs(pred - y) / y))
 
 
-def _cv_mape(kind: str, family: str, dims: np.ndarray, y: np.ndarray, dtype_bytes: int) -> float:
+def _cv_mape(kind: str, family: str, dims: np.ndarray, y: np.ndarray, dtype_bytes: int, hinge: bool) -> float:
     from sklearn.model_selection import KFold
 
     folds = min(CV_FOLDS, len(y))
     pred = np.empty(len(y))
     for train, test in KFold(n_splits=folds, shuffle=True, random_state=0).split(dims):
-        model = _fit_kind(kind, family, dims[train], y[train], dtype_bytes)
+        model = _fit_kind(kind, family, dims[train], y[train], dtype_bytes, hinge)
         full = {**model, "family": family, "dims": list(DIMS[family]), "dtype_bytes": dtype_bytes,
                 "dim_min": dims[train].min(axis=0).tolist(), "dim_max": dims[train].max(axis=0).tolist()}
         pred[test] = predict_many(full, dims[test])
@@ -171,13 +192,18 @@ def fit(family: str, rows: Sequence[Sequence[float]], dtype_bytes: int = 1) -> d
     arr = arr[arr[:, -1] > 0]
     dims, y = arr[:, :ndim], arr[:, -1]
     kinds = KINDS if len(y) >= MIN_SAMPLES_FOR_CORRECTION else ("linear",)
-    scores = {kind: _cv_mape(kind, family, dims, y, dtype_bytes) for kind in kinds}
-    best = min(kinds, key=lambda k: (round(scores[k], 6), KINDS.index(k)))
-    model = _fit_kind(best, family, dims, y, dtype_bytes)
+    # candidates: each kind on the plain line, and (with enough samples) on the line with hinges
+    cands = [(k, False) for k in kinds]
+    if len(y) >= MIN_SAMPLES_FOR_CORRECTION:
+        cands += [(k, True) for k in kinds]
+    scores = {(k, h): _cv_mape(k, family, dims, y, dtype_bytes, h) for k, h in cands}
+    best = min(cands, key=lambda c: (round(scores[c], 6), c[1], KINDS.index(c[0])))
+    model = _fit_kind(best[0], family, dims, y, dtype_bytes, best[1])
     model.update({
         "family": family, "dims": list(DIMS[family]), "dtype_bytes": dtype_bytes,
         "dim_min": dims.min(axis=0).tolist(), "dim_max": dims.max(axis=0).tolist(),
-        "cv_mape": round(scores[best], 6), "cv_mape_by_kind": {k: round(v, 6) for k, v in scores.items()},
+        "cv_mape": round(scores[best], 6),
+        "cv_mape_by_kind": {k + ("+hinge" if h else ""): round(v, 6) for (k, h), v in scores.items()},
         "n_samples": int(len(y)), "cv_folds": min(CV_FOLDS, len(y)),
     })
     return model
@@ -188,7 +214,8 @@ def predict_many(model: dict[str, Any], dims: np.ndarray) -> np.ndarray:
     family = model["family"]
     dims = np.asarray(dims, dtype=float)
     coef = np.asarray(model["linear"], dtype=float)
-    base = _linear_predict(coef, work_terms(family, dims, int(model["dtype_bytes"])))
+    terms = _with_hinges(work_terms(family, dims, int(model["dtype_bytes"])), model.get("knots_gb") or [])
+    base = _linear_predict(coef, terms)
     kind = model["kind"]
     if kind == "linear":
         return base
@@ -240,6 +267,9 @@ def predict_from_terms(model: dict[str, Any], terms: Sequence[float], dims: Sequ
     """The linear part on given work terms (GFLOP, GB) times the correction at `dims`: for queries
     whose work is not a function of the stored dims (attention of several new tokens at once)."""
     coef = model["linear"]
+    knots = model.get("knots_gb") or ()
+    if knots:
+        terms = (*terms, *(max(terms[-1] - k, 0.0) for k in knots))
     base = coef[0] + sum(c * t for c, t in zip(coef[1:], terms, strict=True))
     return base * correction(model, dims)
 
@@ -247,6 +277,11 @@ def predict_from_terms(model: dict[str, Any], terms: Sequence[float], dims: Sequ
 def predict(model: dict[str, Any], dims: Sequence[float]) -> float:
     """Seconds for one query; the same number as predict_many, without numpy overhead."""
     return predict_from_terms(model, _terms(model["family"], dims, int(model["dtype_bytes"])), dims)
+
+
+def label(model: dict[str, Any]) -> str:
+    """"linear", "poly", "tree", with "+hinge" when the line has knots."""
+    return model["kind"] + ("+hinge" if model.get("knots_gb") else "")
 
 
 @dataclass(frozen=True)
@@ -258,10 +293,12 @@ class LinkFit:
 
 
 def link_parameters(model: dict[str, Any]) -> LinkFit | None:
+    """Latency = the intercept; rate = the slope past the last knot (the sustained rate)."""
     coef = model.get("linear") or []
-    if len(coef) != 2 or coef[1] <= 0:
+    slope = sum(coef[1:])
+    if len(coef) < 2 or slope <= 0:
         return None
-    return LinkFit(latency_s=float(coef[0]), gb_per_s=1.0 / float(coef[1]))
+    return LinkFit(latency_s=float(coef[0]), gb_per_s=1.0 / float(slope))
 
 
 def validate_model(model: Any, where: str) -> None:
@@ -274,7 +311,10 @@ def validate_model(model: Any, where: str) -> None:
     if kind not in KINDS:
         raise KvplanError(f"{where}: unknown kind {kind!r}")
     ndim = len(DIMS[family])
-    nlin = 2 if family in ("elementwise", "link") else 3
+    knots = model.get("knots_gb", [])
+    if not isinstance(knots, list) or not all(_finite(k) and k >= 0 for k in knots):
+        raise KvplanError(f"{where}: 'knots_gb' must be a list of non-negative numbers")
+    nlin = (2 if family in ("elementwise", "link") else 3) + len(knots)
     lin = model.get("linear")
     if not isinstance(lin, list) or len(lin) != nlin or not all(_finite(v) and v >= 0 for v in lin):
         raise KvplanError(f"{where}: 'linear' must be {nlin} non-negative numbers")
