@@ -79,6 +79,7 @@ def main() -> int:
             "measured_busiest": top,
             "predicted_busy_s": pred["per_layer_busy_s"], "measured_busy_s": busy,
             "load": rec["run"]["load_average_1min"], "threads": rec["run"]["torch_threads"],
+            "compute_thread_cpu_s": meas["per_layer_compute_thread_cpu_s"],
         }
         rows.append(row)
         print(f"  #{k} {name} s={seq} b={batch} {strategy}->{d['strategy']} l={d['split_tokens']}: predicted "
@@ -88,14 +89,15 @@ def main() -> int:
     print()
     print("| # | model | seq | batch | strategy (asked -> chosen) | l | K,V on disk | predicted step (s) "
           "| measured step (s) | gap | planner's bound | busiest measured | compute pred / meas (ms/layer) "
-          "| disk read pred / meas (ms/layer) |")
-    print("| ---: | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- | --- | ---: | ---: |")
+          "| compute thread on CPU | disk read pred / meas (ms/layer) |")
+    print("| ---: | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- | --- | ---: | ---: | ---: |")
     for r in rows:
         pb, mb = r["predicted_busy_s"], r["measured_busy_s"]
         print(f"| {r['case']} | {r['model']} | {r['seq']} | {r['batch']} | {r['asked']} -> {r['chosen']} "
               f"| {r['split']} | {100 * r['kv_disk']:.0f}% | {r['predicted_s']:.3f} | {r['measured_s']:.3f} "
               f"| {r['gap_pct']:+.0f}% | {r['predicted_bound']} | {r['measured_busiest']} "
               f"| {1e3 * pb['compute']:.1f} / {1e3 * mb['compute']:.1f} "
+              f"| {100 * r['compute_thread_cpu_s'] / mb['compute'] if mb['compute'] else 0:.0f}% "
               f"| {1e3 * pb['disk_read']:.1f} / {1e3 * mb['disk_read']:.1f} |")
     gaps = [abs(r["gap_pct"]) for r in rows]
     med = statistics.median(gaps)

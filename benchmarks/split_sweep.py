@@ -64,7 +64,8 @@ def main() -> int:
                      "measured_runs_s": steps, "compute_busy_s": busy["compute"],
                      "disk_read_busy_s": busy["disk_read"], "predicted_compute_s": pred["per_layer_busy_s"]["compute"],
                      "predicted_disk_read_s": pred["per_layer_busy_s"]["disk_read"],
-                     "load": rec["run"]["load_average_1min"]})
+                     "load": rec["run"]["load_average_1min"],
+                     "compute_thread_cpu_s": rec["measured"]["per_layer_compute_thread_cpu_s"]})
         r = rows[-1]
         print(f"  l={l_tok:5d}  predicted {r['predicted_s']:.3f} s  measured {r['measured_s']:.3f} s", flush=True)
     best = min(rows, key=lambda r: r["measured_s"])
@@ -73,13 +74,14 @@ def main() -> int:
     ok = ratio <= 1.10
     print()
     print("| split l | predicted step (s) | measured step (s) | gap | compute busy/layer pred / meas (ms) "
-          "| disk read busy/layer pred / meas (ms) |")
-    print("| ---: | ---: | ---: | ---: | ---: | ---: |")
+          "| compute thread on CPU | disk read busy/layer pred / meas (ms) |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
         mark = " (planner)" if r["split"] == l_star else ""
         gap = 100 * (r["measured_s"] - r["predicted_s"]) / r["predicted_s"]
         print(f"| {r['split']}{mark} | {r['predicted_s']:.3f} | {r['measured_s']:.3f} | {gap:+.0f}% "
               f"| {1e3 * r['predicted_compute_s']:.1f} / {1e3 * r['compute_busy_s']:.1f} "
+              f"| {100 * r['compute_thread_cpu_s'] / r['compute_busy_s'] if r['compute_busy_s'] else 0:.0f}% "
               f"| {1e3 * r['predicted_disk_read_s']:.1f} / {1e3 * r['disk_read_busy_s']:.1f} |")
     print()
     print(f"measured best l = {best['split']} ({best['measured_s']:.3f} s); planner's l* = {l_star} measured "

@@ -26,6 +26,7 @@ class Interval:
     start_s: float
     end_s: float
     nbytes: int = 0
+    cpu_s: float = 0.0  # CPU time of the thread that did the work (time.thread_time) during the interval
 
 
 @dataclass
@@ -38,15 +39,15 @@ class Recorder:
 
     @contextmanager
     def busy(self, step: int, layer: int, resource: str, nbytes: int = 0):
-        start = time.perf_counter()
+        start, cpu0 = time.perf_counter(), time.thread_time()
         try:
             yield
         finally:
             if resource in ("compute", "cpu") and self.sync is not None:
                 self.sync()
-            end = time.perf_counter()
+            end, cpu1 = time.perf_counter(), time.thread_time()
             with self.lock:
-                self.intervals.append(Interval(step, layer, resource, start, end, nbytes))
+                self.intervals.append(Interval(step, layer, resource, start, end, nbytes, cpu1 - cpu0))
 
     def mark_layer_end(self, step: int, layer: int) -> None:
         self.layer_end_s[(step, layer)] = time.perf_counter()
@@ -63,13 +64,18 @@ def summarize(rec: Recorder, steps: list[int], layers: int) -> dict:
     """Means over the given steps: busy seconds per resource per layer and per step, layer wall time,
     step wall time, bytes per resource per step."""
     busy: dict[tuple[int, int, str], float] = defaultdict(float)
+    cpu: dict[tuple[int, int, str], float] = defaultdict(float)
     nbytes: dict[tuple[int, str], int] = defaultdict(int)
     for iv in rec.intervals:
         if iv.step in steps:
             busy[(iv.step, iv.layer, iv.resource)] += iv.end_s - iv.start_s
+            cpu[(iv.step, iv.layer, iv.resource)] += iv.cpu_s
             nbytes[(iv.step, iv.resource)] += iv.nbytes
     per_layer = {r: _mean([busy[(s, i, r)] for s in steps for i in range(layers)]) for r in RESOURCES}
     outside = {r: _mean([busy[(s, -1, r)] for s in steps]) for r in RESOURCES}
+    # CPU time of the compute thread: with one torch thread, the part of the compute busy time the
+    # thread really ran (the rest it was descheduled, e.g. by other processes on a shared machine)
+    compute_cpu = _mean([cpu[(s, i, "compute")] for s in steps for i in range(layers)])
     layer_wall = []
     for s in steps:
         prev = rec.step_span_s[s][0]
@@ -83,6 +89,7 @@ def summarize(rec: Recorder, steps: list[int], layers: int) -> dict:
         "per_layer_busy_s": per_layer,
         "outside_layers_busy_s": outside,
         "per_layer_wall_s": _mean(layer_wall),
+        "per_layer_compute_thread_cpu_s": compute_cpu,
         "layers_wall_s": _mean(layers_wall),
         "step_wall_s": _mean(step_wall),
         "step_wall_min_s": min(step_wall) if step_wall else 0.0,

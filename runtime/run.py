@@ -164,6 +164,9 @@ def _execute(plan: Plan, opts: RunOptions) -> dict[str, Any]:
     measured = {
         "per_layer_busy_s": meas["per_layer_busy_s"],
         "per_layer_step_s": step_s / L,
+        # with 1 torch thread: CPU time the compute thread got during its busy intervals (busy - this =
+        # time it was descheduled); with more threads only the calling thread's share is counted
+        "per_layer_compute_thread_cpu_s": meas["per_layer_compute_thread_cpu_s"],
         "decode_step_s": step_s,
         "head_s": meas["step_wall_s"] - meas["layers_wall_s"],
         "decode_throughput_tokens_per_s": d.batch / step_s,

@@ -72,6 +72,9 @@ def command(plan_file: Path, steps, layers, disk_dir, weights_dir, profile_path,
     print_table("predicted vs measured", ["quantity", "predicted", "measured", "gap"], rows)
     m = record["measured"]
     click.echo(f"LM head + embedding per step (not in the plan's decode step): {m['head_s'] * 1e3:.2f} ms")
+    if run["torch_threads"] == 1 and m["per_layer_busy_s"]["compute"] > 0:
+        share = m["per_layer_compute_thread_cpu_s"] / m["per_layer_busy_s"]["compute"]
+        click.echo(f"compute thread ran {100 * share:.0f}% of its busy time (the rest it waited for a CPU)")
     for note in record["notes"]:
         click.echo(f"note: {note}")
     if out_path is not None:
