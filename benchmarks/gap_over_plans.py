@@ -15,7 +15,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from _common import REPO, load_note, local_profile, run
+from _runtime_bench import REPO, load_note, local_profile, run
 
 from planner.errors import KvplanError
 from planner.jsonio import write_json_atomic

@@ -17,7 +17,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from _common import REPO, load_note, local_profile, run, with_decisions
+from _runtime_bench import REPO, load_note, local_profile, run, with_decisions
 
 from planner.jsonio import write_json_atomic
 from planner.models import load_model
