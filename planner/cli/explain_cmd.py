@@ -90,6 +90,7 @@ def explain_lines(plan_data: dict[str, Any], model, seq: int, prompt: int, gen: 
     bound_by = tl.get("bound_by", "?")
     out.append(f"Why: one decode step at the average context ({pred.get('average_context', '?')} tokens) takes "
                f"{_ms(pred['decode_step_s'])}, bound by {RESOURCE_WORDS.get(bound_by, bound_by)}")
+    out.extend("  " + r for r in _reasons(d, layers, busy, pred["per_layer_step_s"]))
     out.append(f"Per-layer timeline (one layer of one decode step; layer time {_ms(pred['per_layer_step_s'])})")
     rows = dict(busy)
     if tl.get("chain_s"):
@@ -147,6 +148,32 @@ def explain_lines(plan_data: dict[str, Any], model, seq: int, prompt: int, gen: 
                        f"time {_pct(-t['decode_step_pct'])}")
     for w in plan_data.get("warnings", []):
         out.append(f"Warning: {w}")
+    return out
+
+
+def _reasons(d, layers: dict[str, int], busy: dict[str, float], layer_s: float) -> list[str]:
+    """Plain sentences for the choices the plan made, from its decisions and its busy times."""
+    out = []
+    streamed = layers["host"] + layers["disk"]
+    if streamed:
+        out.append(f"the weights do not all fit next to the rest: {streamed} layers stream in every step, "
+                   f"loaded once per block of {d.num_gpu_batches} GPU batch(es)")
+    if d.attention_where == "cpu":
+        out.append("attention runs next to the K,V in host memory: only q and the attention output cross the link, "
+                   "the host CPU does the attention")
+    elif d.split_tokens and busy.get("compute", 0) > 0:
+        link = max(busy.get("h2d", 0.0), busy.get("disk_read", 0.0))
+        if link > 0 and d.x_placement["device"] < 0.5:
+            out.append(f"recomputing the first {d.split_tokens} tokens moves work from the link to the device; at "
+                       f"this split the device is {100 * busy['compute'] / layer_s:.0f}% busy and the link "
+                       f"{100 * link / layer_s:.0f}%")
+        else:
+            out.append(f"the first {d.split_tokens} tokens are kept as X on the device (smaller than their K,V) and "
+                       "recomputed, which leaves device memory for more of the K,V")
+    elif d.kv_placement["device"] == 1.0 and d.split_tokens == 0:
+        out.append("all K,V stays on the device: nothing crosses the link for attention")
+    elif d.kv_placement["device"] == 0.0:
+        out.append("all K,V lives off the device and crosses the link every step")
     return out
 
 
