@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from planner.errors import KvplanError
 from planner.layer_costs import (
     embedding_params,
     kv_bytes_per_token,
@@ -220,6 +221,9 @@ def solve_surrogate(req: SolveRequest, st: Setting, profile: Profile, strategy: 
     coeffs, zeros = build_problem(req, st, profile, strategy, caps, cache)
     result = solve_milp(coeffs, zeros, st.model.num_layers, {t: float(c) for t, c in caps.items()}, req.grid)
     if result.index is None:
+        if result.status not in ("Infeasible", "Unbounded"):
+            raise KvplanError(f"the MILP solver {result.solver} stopped with status {result.status} "
+                              f"(strategy {strategy}); please report this configuration")
         combos = combos_for(req.batch, profile.host_is_device, strategy)
         raise Infeasible(_diagnose(st, req, strategy, caps, combos))
     return result, coeffs[result.index].combo, len(coeffs)
