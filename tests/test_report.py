@@ -201,3 +201,25 @@ def test_latency_objective_picks_the_shortest_step(run_cli, tmp_path):
     quickest = frame.loc[frame["prediction.decode_step_s"].idxmin(), "gpu"]
     assert json.loads(result.stdout)["best_gpu"][0]["fastest GPU"] == quickest
     assert "shortest predicted decode step" in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_a_planner_crash_is_an_error_row_not_a_lost_sweep(tmp_path):
+    from planner.models import load_model
+    from planner.report.sweep import Config, Grid, SweepContext, resolve_gpus, solve_chunk
+    from planner.report.write import write_report
+
+    model, gpu = load_model("opt-125m"), resolve_gpus(["t4"])[0]
+    # A model record the planner cannot even build stands in for a planner bug.
+    context = SweepContext(models={model.name: model.to_dict(), "broken": {"name": "broken"}},
+                           profiles={gpu.name: gpu.data})
+    configs = [Config(0, model.name, "t4", 1024, 32, 8, "auto", "throughput"),
+               Config(1, "broken", "t4", 1024, 32, 8, "auto", "throughput")]
+    results = solve_chunk(context, configs)
+    assert [r.status for r in results] == ["feasible", "error"]
+    assert results[1].reason.startswith("internal error: TypeError")
+    grid = Grid(models=(model,), gpus=(gpu,), seqs=(1024,), batches=(8,), gen=32, strategies=("auto",),
+                objective="throughput")
+    report = write_report(tmp_path / "r", grid, results, [])
+    assert report.counts == {"error": 1, "feasible": 1}
+    page = (tmp_path / "r" / "report.html").read_text()
+    assert "internal planner error" in page and "internal error: TypeError" in page
