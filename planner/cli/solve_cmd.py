@@ -106,7 +106,8 @@ def _tiers(frac: dict[str, float]) -> str:
 @click.command("solve")
 @click.option("--model", "model_name", required=True, help="Model name, alias, or a Hugging Face config.json.")
 @click.option("--seq", type=int, required=True, help="Context length at the end of generation (prompt + gen).")
-@click.option("--gen", type=int, default=128, show_default=True, help="Tokens to generate per sequence.")
+@click.option("--gen", type=int, default=None,
+              help="Tokens to generate per sequence (default: 128, or seq/2 when seq <= 256).")
 @click.option("--prompt", type=int, default=None, help="Prompt tokens (default: seq - gen).")
 @click.option("--batch", "batch_text", default="auto", show_default=True, help="Batch size, or 'auto'.")
 @click.option("--profile", "profile_path", type=click.Path(dir_okay=False), default=None,
@@ -123,12 +124,16 @@ def _tiers(frac: dict[str, float]) -> str:
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="Plan file (default: plans/<model>-<hardware>-s<seq>-g<gen>-b<batch>.json).")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan JSON on stdout (the file is written too).")
-def command(model_name: str, seq: int, gen: int, prompt: int | None, batch_text: str, profile_path: str | None,
+def command(model_name: str, seq: int, gen: int | None, prompt: int | None, batch_text: str, profile_path: str | None,
             gpu: str | None, objective: str, strategy: str, dtype: str | None, gpu_mem: str | None,
             cpu_mem: str | None, disk: str | None, output: str | None, as_json: bool) -> None:
     """Solve for the best execution plan of MODEL at context SEQ and write it as JSON."""
     if seq <= 0:
         raise KvplanError(f"--seq must be a positive number of tokens, got {seq}")
+    if gen is None:
+        gen = 128 if seq > 256 else max(1, seq // 2)
+    if seq < 2:
+        raise KvplanError(f"--seq must be at least 2 (one prompt token and one generated), got {seq}")
     if gen <= 0 or gen >= seq:
         raise KvplanError(f"--gen must be in [1, seq - 1] = [1, {seq - 1}], got {gen}")
     request = SolveRequest(
