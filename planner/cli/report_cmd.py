@@ -73,9 +73,9 @@ def command(
     results = run_sweep(grid, jobs=jobs, dask_address=dask_address, progress=progress)
     solve_s = time.perf_counter() - start
     report = write_report(out_dir, grid, results, records, runs=list(runs), dask=bool(dask_address))
-    where = f"Dask cluster {dask_address}" if dask_address else (
-        "this process" if n_jobs == 1 else f"{n_jobs} local processes")
-    click.echo(f"solved {len(results):,} configurations in {solve_s:.1f} s on {where}; "
+    where = f"on Dask cluster {dask_address}" if dask_address else (
+        "in this process" if n_jobs == 1 else f"on {n_jobs} local processes")
+    click.echo(f"solved {len(results):,} configurations in {solve_s:.1f} s {where}; "
                f"report written in {time.perf_counter() - start - solve_s:.1f} s", err=True)
     counts = report.counts
     if as_json:
