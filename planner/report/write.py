@@ -15,7 +15,7 @@ import pandas as pd
 
 from planner import __version__
 from planner.errors import KvplanError
-from planner.jsonio import write_json_atomic, write_text_atomic
+from planner.jsonio import dumps_canonical
 from planner.report.figures import all_figures
 from planner.report.frame import results_frame, status_counts, to_csv_text, to_parquet_bytes
 from planner.report.html import ReportContent, render_html, render_markdown, seqs_text
@@ -24,10 +24,22 @@ from planner.report.sweep import Grid, SolveResult
 from planner.report.tables import best_gpu_table, fit_table, infeasible_table, measured_table, reasons_table
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_bytes_atomic(path: Path, data: bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Temporary file in the same folder + rename; the file gets the usual permissions (0666 less
+    the umask) rather than mkstemp's 0600, since a report folder is meant to be shared."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise KvplanError(f"cannot create folder {path.parent}: {exc.strerror}") from exc
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -121,7 +133,7 @@ def write_report(
     frame = results_frame(results, grid.prices)
     command = command_line(grid, list(runs or []), dask)
     content = build_content(grid, frame, records, command)
-    files: list[Path] = [write_text_atomic(out / "results.csv", to_csv_text(frame))]
+    files: list[Path] = [write_bytes_atomic(out / "results.csv", to_csv_text(frame).encode())]
     parquet = to_parquet_bytes(frame)
     if parquet is not None:
         files.append(write_bytes_atomic(out / "results.parquet", parquet))
@@ -133,8 +145,8 @@ def write_report(
                 old.unlink()
     for fig in content.figures:
         files.append(write_bytes_atomic(figure_dir / fig.name, fig.png))
-    files.append(write_text_atomic(out / "report.md", render_markdown(content)))
-    files.append(write_text_atomic(out / "report.html", render_html(content)))
+    files.append(write_bytes_atomic(out / "report.md", render_markdown(content).encode()))
+    files.append(write_bytes_atomic(out / "report.html", render_html(content).encode()))
     config = {
         "kvplan_version": __version__,
         "command": command + " -o " + shlex.quote(str(out_dir)),
@@ -143,5 +155,5 @@ def write_report(
         "status_counts": status_counts(frame),
         "files": sorted(str(p.relative_to(out)) for p in files) + ["config.json"],
     }
-    files.append(write_json_atomic(out / "config.json", config))
+    files.append(write_bytes_atomic(out / "config.json", dumps_canonical(config).encode()))
     return ReportFiles(out_dir=out, frame=frame, files=files, counts=status_counts(frame))
