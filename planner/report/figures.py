@@ -166,37 +166,51 @@ def strategy_figures(frame: pd.DataFrame) -> list[FigureOut]:
     return out
 
 
+GPU_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+
+
 def recompute_figure(frame: pd.DataFrame) -> FigureOut | None:
-    """The recompute fraction (KVPR's split l / context) the planner chose, vs context, per GPU."""
-    source = "auto" if "auto" in set(frame["strategy_request"]) else "recompute"
-    rows = frame[frame["strategy_request"] == source]
-    if feasible(rows).empty:
+    """The recompute fraction (KVPR's split l / context) vs context, per GPU: what the automatic plan
+    chose (solid) and what the pinned recompute strategy uses when recompute is forced (dashed)."""
+    present = set(frame["strategy_request"])
+    sources = [(s, ls) for s, ls in (("auto", "-"), ("recompute", "--")) if s in present]
+    best = {s: best_by_objective(frame[frame["strategy_request"] == s], ["model", "gpu", "seq"]) for s, _ in sources}
+    if all(b.empty for b in best.values()):
         return None
-    best = best_by_objective(rows, ["model", "gpu", "seq"])
     models = list(frame["model"].drop_duplicates())
     fig = Figure(figsize=(4.6 * min(len(models), 3) + 0.4, 3.6 * math.ceil(len(models) / 3)), layout="constrained")
     axes = fig.subplots(math.ceil(len(models) / 3), min(len(models), 3), squeeze=False)
     for k, model in enumerate(models):
         ax = axes[k // 3][k % 3]
         seqs = sorted(int(s) for s in frame.loc[frame["model"] == model, "seq"].unique())
-        for gpu in frame.loc[frame["model"] == model, "gpu"].drop_duplicates():
-            pts = best[(best["model"] == model) & (best["gpu"] == gpu)].sort_values("seq")
-            ax.plot(pts["seq"], pts[SPLIT] / pts["seq"], marker="o", markersize=4, label=gpu)
+        for g, gpu in enumerate(frame.loc[frame["model"] == model, "gpu"].drop_duplicates()):
+            color = f"C{g % 10}"
+            for source, linestyle in sources:
+                b = best[source]
+                pts = b[(b["model"] == model) & (b["gpu"] == gpu)].sort_values("seq")
+                ax.plot(pts["seq"], pts[SPLIT] / pts["seq"], color=color, linestyle=linestyle,
+                        marker=GPU_MARKERS[g % len(GPU_MARKERS)], markersize=5 if source == "auto" else 3,
+                        label=f"{gpu} ({source})")
         ax.set_ylim(-0.03, 1.03)
         ax.set_title(model, fontsize=10)
         ax.set_ylabel("recomputed share of context")
         ax.grid(True, alpha=0.3)
         _seq_axis(ax, seqs)
-        ax.legend(fontsize=8)
+    handles: dict[str, object] = {}
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, handle)
+    fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=min(len(handles), 4),
+               fontsize=8)
     for k in range(len(models), axes.shape[0] * axes.shape[1]):
         axes[k // 3][k % 3].set_visible(False)
-    what = "automatic plan" if source == "auto" else "pinned recompute plan"
     return FigureOut(
         name="recompute-fraction.png",
         title="Chosen recompute fraction vs context",
-        caption=(f"The share of each sequence's context whose K,V the {what} recomputes from stored layer inputs "
-                 "(KVPR's split point divided by the context) instead of transferring; 0 means no recompute, which is "
-                 "right for GQA models, whose layer inputs are larger than their K,V."),
+        caption=("The share of each sequence's context whose K,V are recomputed from stored layer inputs (KVPR's "
+                 "split point divided by the context) instead of transferred, as chosen by the automatic plan "
+                 "(solid) and by the pinned recompute strategy (dashed); 0 means no recompute, which is right for "
+                 "GQA models, whose layer inputs are larger than their K,V."),
         png=_png(fig),
     )
 
