@@ -223,3 +223,24 @@ def test_a_planner_crash_is_an_error_row_not_a_lost_sweep(tmp_path):
     assert report.counts == {"error": 1, "feasible": 1}
     page = (tmp_path / "r" / "report.html").read_text()
     assert "internal planner error" in page and "internal error: TypeError" in page
+
+
+def _llama_config(folder: Path, layers: int) -> Path:
+    folder.mkdir(parents=True)
+    path = folder / "config.json"
+    path.write_text(json.dumps({
+        "model_type": "llama", "hidden_size": 1024, "num_hidden_layers": layers, "num_attention_heads": 8,
+        "num_key_value_heads": 8, "intermediate_size": 2816, "vocab_size": 32000, "torch_dtype": "float16",
+    }))
+    return path
+
+
+def test_config_json_models_are_swept_and_name_clashes_refused(run_cli, tmp_path):
+    mine = _llama_config(tmp_path / "a" / "my-llama", 4)
+    other = _llama_config(tmp_path / "b" / "my-llama", 8)
+    result = run_cli("report", "--models", mine, "--gpus", "t4", "--seqs", "1k", "--strategies", "auto",
+                     "-o", tmp_path / "r")
+    assert result.exit_code == 0, result.output
+    assert list(pd.read_csv(tmp_path / "r" / "results.csv")["model"]) == ["my-llama"]
+    clash = run_cli("report", "--models", f"{mine},{other}", "--gpus", "t4", "--seqs", "1k", "-o", tmp_path / "s")
+    assert clash.exit_code == 2 and "two different models are both named 'my-llama'" in clash.stderr

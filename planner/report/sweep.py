@@ -157,7 +157,11 @@ def resolve_models(values: Iterable[str]) -> list[ModelConfig]:
     out: list[ModelConfig] = []
     for name in names:
         model = load_model(name)
-        if all(m.name != model.name for m in out):
+        same = [m for m in out if m.name == model.name]
+        if same and same[0] != model:
+            raise KvplanError(f"two different models are both named '{model.name}' in --models; "
+                              "put each config.json in a folder of its own name")
+        if not same:
             out.append(model)
     return out
 
