@@ -56,6 +56,21 @@ def test_extrapolation_is_monotone_and_no_faster_than_the_biggest_probe(kind, mo
     assert times[-1] / times[0] > 32768 / 256 * 0.5
     wider = [fitted.predict(model, (64, n, 8192)) for n in (4096, 28672, 57344)]
     assert all(a < b for a, b in zip(wider, wider[1:], strict=False))
+    # inside the sampled range too: never faster for more rows (the envelope along m)
+    dense = fitted.predict_many(model, [[m, 4096, 4096] for m in range(1, 600)])
+    assert np.all(np.diff(dense) >= 0)
+
+
+@pytest.mark.parametrize("kind", ["poly", "tree"])
+def test_transfer_time_never_drops_with_size(kind, monkeypatch):
+    # a cache-like knee: fast below 8 MiB, slow above, plus noise that tempts a tree into steps
+    monkeypatch.setattr(fitted, "KINDS", (kind,))
+    sizes = np.geomspace(4096, 1 << 28, 24)
+    rows = [[b, 2e-6 + (b / 40e9 if b < 8 << 20 else b / 8e9) * (1 + 0.1 * RNG.standard_normal())]
+            for b in sizes]
+    model = fitted.fit("link", rows)
+    grid = np.geomspace(1024, 1 << 32, 500)[:, None]
+    assert np.all(np.diff(fitted.predict_many(model, grid)) >= 0)
 
 
 def test_link_model_reads_as_latency_plus_bandwidth():

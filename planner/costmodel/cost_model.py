@@ -32,6 +32,16 @@ class CostModel:
         for key, model in stored.items():
             fitted.validate_model(model, f"profile {profile.name} cost_models.{key}")
         self.fitted: dict[str, dict[str, Any]] = dict(stored)
+        self._memo: dict[tuple, float] = {}  # fitted predictions by (model key, dims): the planner repeats shapes
+
+    def _fitted_s(self, key: str, model: dict[str, Any], dims: tuple) -> float:
+        memo_key = (key, dims)
+        hit = self._memo.get(memo_key)
+        if hit is None:
+            if len(self._memo) > 500_000:
+                self._memo.clear()
+            hit = self._memo[memo_key] = fitted.predict(model, dims)
+        return hit
 
     # -- rates of the processor at `where` --------------------------------------------------
     def _peak_tflops(self, dtype: str, where: str) -> float:
@@ -49,12 +59,14 @@ class CostModel:
         if where not in WHERE:
             raise KvplanError(f"unknown processor '{where}' (known: {', '.join(WHERE)})")
 
+    def _key(self, family: str, where: str, dtype: str | None) -> str:
+        proc = "device" if where == "device" or self.profile.host_is_device else "cpu"
+        return f"{family}.{proc}" if dtype is None else f"{family}.{proc}.{dtype}"
+
     def fitted_model(self, family: str, where: str, dtype: str | None = None) -> dict[str, Any] | None:
         """The stored regression for a query, if the profile has one. On a CPU-only machine the
         CPU helper is the device, so "cpu" queries use the device's models."""
-        proc = "device" if where == "device" or self.profile.host_is_device else "cpu"
-        key = f"{family}.{proc}" if dtype is None else f"{family}.{proc}.{dtype}"
-        return self.fitted.get(key)
+        return self.fitted.get(self._key(family, where, dtype))
 
     def source(self, family: str, where: str = "device", dtype: str | None = None) -> str:
         """Which model answers a query: "fitted:<kind>" or "roofline" (shown by `kvplan predict`)."""
@@ -71,7 +83,7 @@ class CostModel:
             return 0.0
         model = self.fitted_model("gemm", where, dtype)
         if model is not None:
-            return fitted.predict(model, (gemm.m, gemm.n, gemm.k))
+            return self._fitted_s(self._key("gemm", where, dtype), model, (gemm.m, gemm.n, gemm.k))
         return roofline.gemm_time_s(
             gemm.m, gemm.n, gemm.k, DTYPE_BYTES[dtype], self._peak_tflops(dtype, where),
             self._memory_gb_per_s(where), self.efficiency,
@@ -91,7 +103,7 @@ class CostModel:
         if reg is not None:
             dims = (batch, keys, model.num_heads, model.num_kv_heads, model.head_dim)
             if query_tokens == 1:
-                return fitted.predict(reg, dims)
+                return self._fitted_s(self._key("attention", where, dtype), reg, dims)
             # several new tokens: the fitted line on this query's own FLOPs and bytes
             return fitted.predict_from_terms(reg, (flops / 1e9, kv_bytes / 1e9), dims)
         return roofline.attention_time_s(
@@ -104,7 +116,7 @@ class CostModel:
             return 0.0
         model = self.fitted_model("elementwise", where)
         if model is not None:
-            return fitted.predict(model, (nbytes,))
+            return self._fitted_s(self._key("elementwise", where, None), model, (float(nbytes),))
         return roofline.elementwise_time_s(nbytes, self._memory_gb_per_s(where), self.efficiency)
 
     def transfer_s(self, link: str, nbytes: float) -> float:
@@ -114,5 +126,5 @@ class CostModel:
             return 0.0
         model = self.fitted.get(f"link.{link}")
         if model is not None:
-            return fitted.predict(model, (nbytes,))
+            return self._fitted_s(f"link.{link}", model, (float(nbytes),))
         return self.profile.links[link].time_s(nbytes)

@@ -42,6 +42,10 @@ DIMS: dict[str, tuple[str, ...]] = {
 }
 MIN_SAMPLES_FOR_CORRECTION = 8
 HINGE_KNOTS = 3
+# The dim along which predictions are made monotone (non-decreasing): rows m of a GEMM, context of
+# attention, bytes of a transfer. A correction can dip (a tree step, a polynomial's curvature); the
+# prediction is the running maximum over a power-of-two grid of that dim below the query.
+MONOTONE_DIM = {"gemm": 0, "attention": 1, "elementwise": 0, "link": 0}
 CV_FOLDS = 5
 TREE_MAX_DEPTH = 4
 POLY_RIDGE_ALPHA = 1e-2
@@ -211,6 +215,23 @@ def fit(family: str, rows: Sequence[Sequence[float]], dtype_bytes: int = 1) -> d
 
 # -- prediction ----------------------------------------------------------------------------------
 def predict_many(model: dict[str, Any], dims: np.ndarray) -> np.ndarray:
+    """Seconds for many queries (rows of dims); monotone along MONOTONE_DIM as in predict()."""
+    dims = np.asarray(dims, dtype=float)
+    best = _raw_many(model, dims)
+    if model["kind"] == "linear" or len(dims) == 0:
+        return best
+    d = MONOTONE_DIM[model["family"]]
+    for g in _envelope_points(model):
+        below = dims[:, d] > g
+        if not below.any():
+            continue
+        probe = dims[below].copy()
+        probe[:, d] = g
+        best[below] = np.maximum(best[below], _raw_many(model, probe))
+    return best
+
+
+def _raw_many(model: dict[str, Any], dims: np.ndarray) -> np.ndarray:
     family = model["family"]
     dims = np.asarray(dims, dtype=float)
     coef = np.asarray(model["linear"], dtype=float)
@@ -274,9 +295,41 @@ def predict_from_terms(model: dict[str, Any], terms: Sequence[float], dims: Sequ
     return base * correction(model, dims)
 
 
+def _raw(model: dict[str, Any], dims: Sequence[float]) -> float:
+    return predict_from_terms(model, _terms(model["family"], dims, int(model["dtype_bytes"])), dims)
+
+
+def _envelope_points(model: dict[str, Any]) -> list[float]:
+    """Where a correction can peak along the monotone dim inside the sampled range: powers of two,
+    and for a tree just below each of its thresholds on that dim (a tree only steps there)."""
+    d = MONOTONE_DIM[model["family"]]
+    lo, hi = max(float(model["dim_min"][d]), 1.0), max(float(model["dim_max"][d]), 1.0)
+    points = {2.0 ** e for e in range(math.ceil(math.log2(lo)), int(math.floor(math.log2(hi))) + 1)}
+    if model["kind"] == "tree":
+        tree = model["tree"]
+        for node, feat in enumerate(tree["feature"]):
+            if tree["children_left"][node] != -1 and feat == d:
+                x = math.exp(tree["threshold"][node]) * (1.0 - 1e-9)
+                if lo <= x <= hi:
+                    points.add(x)
+    return sorted(points)
+
+
+def _grid_below(model: dict[str, Any], value: float) -> list[float]:
+    return [p for p in _envelope_points(model) if p < value]
+
+
 def predict(model: dict[str, Any], dims: Sequence[float]) -> float:
     """Seconds for one query; the same number as predict_many, without numpy overhead."""
-    return predict_from_terms(model, _terms(model["family"], dims, int(model["dtype_bytes"])), dims)
+    best = _raw(model, dims)
+    if model["kind"] == "linear":
+        return best  # non-negative coefficients: already monotone
+    d = MONOTONE_DIM[model["family"]]
+    row = list(dims)
+    for g in _grid_below(model, float(dims[d])):
+        row[d] = g
+        best = max(best, _raw(model, row))
+    return best
 
 
 def label(model: dict[str, Any]) -> str:
