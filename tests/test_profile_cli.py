@@ -99,3 +99,42 @@ def test_profile_validation_rejects_malformed_cost_models(local_profile_path):
     data["cost_models"]["gemm.device.float32"]["linear"] = [1.0, -2.0]
     with pytest.raises(Exception, match="linear"):
         profile_from_dict(data, "x")
+
+
+def test_cuda_profile_assembly_without_a_gpu(monkeypatch, tmp_path):
+    """The CUDA branch of the profile (separate device and host, pinned and pageable links, the CPU
+    as a helper) is assembled from synthetic samples, since this machine has no GPU."""
+    import numpy as np
+
+    from planner.costmodel import fitted
+    from planner.profiling import links, measure, system
+    from planner.profiling.compute import SampleSet
+    from planner.profiling.modes import get_mode
+
+    mode = get_mode("quick")
+    gemm_rows = [[m, n, 4096, 2e-6 + 2 * m * n * 4096 / 150e12] for m in (1, 8, 64, 512) for n in (4096, 11008)]
+    att_rows = [[b, s, 32, 8, 128, 5e-6 + 2 * b * s * 8 * 128 * 2 / 1.2e12] for b in (1, 4, 16) for s in (512, 4096)]
+    link_rows = [[b, 1e-5 + b / 24e9] for b in np.geomspace(4096, 1 << 28, 10)]
+    samples = {}
+    for proc, scale in (("device", 1), ("cpu", 200)):
+        for dtype in mode.dtypes[:2]:
+            samples[f"gemm.{proc}.{dtype}"] = SampleSet(["m", "n", "k", "time_s"],
+                                                        [r[:3] + [r[3] * scale] for r in gemm_rows])
+            samples[f"attention.{proc}.{dtype}"] = SampleSet(["b", "s", "h", "kv", "d", "time_s"],
+                                                             [r[:5] + [r[5] * scale] for r in att_rows])
+    samples["elementwise.device"] = SampleSet(["bytes", "time_s"], link_rows)
+    for name in ("host_memcpy", "h2d", "d2h", "h2d_pageable", "d2h_pageable", "disk_read", "disk_write"):
+        samples[f"link.{name}"] = SampleSet(["bytes", "time_s"], link_rows)
+    models = {k: fitted.fit(k.split(".")[0], s.rows, 2) for k, s in samples.items()}
+    monkeypatch.setattr(links, "cuda_device_copy_gb_per_s", lambda nbytes, reps: 1500.0)
+    device = system.DeviceInfo("cuda", "NVIDIA Fake-80GB", 80 << 30, 4, 16, "8.0")
+    data = measure._assemble(mode, device, tmp_path, 1 << 40, "o_direct", samples, models, "2.x", 16, 0.1)
+    profile = profile_from_dict(data, "fake-cuda")
+    assert profile.device_type == "cuda" and not profile.host_is_device
+    assert profile.device_memory_bytes == 80 << 30 and data["pcie"] == {"generation": 4, "width": 16}
+    assert set(profile.links) >= {"h2d", "d2h", "h2d_pageable", "d2h_pageable", "disk_read", "disk_write"}
+    assert data["name"].endswith("nvidia-fake-80gb")
+    cost = CostModel(profile)
+    g = layer_gemms(load_model("llama-2-7b"), 64)["mlp_up"]
+    # the CPU helper answers from its own (200x slower) models
+    assert cost.gemm_s(g, "float32", where="cpu") > 50 * cost.gemm_s(g, "float32", where="device")

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from planner.profiling.timing import Repeats, Timer
 
 Progress = Callable[[int], None]  # called with how many samples were just finished
+MIN_SAMPLES = 3  # a fit needs at least this many
 
 
 @dataclass
@@ -35,14 +36,15 @@ def _budgeted(
 ) -> tuple[list[list[float]], int]:
     """Measure every item `passes` times in round-robin passes and keep each item's fastest pass: a
     burst of other work on a shared machine lasts seconds, so it rarely hits the same item twice.
-    Items not reached in the first pass when `budget_s` runs out are skipped (and counted)."""
+    Items not reached in the first pass when `budget_s` runs out are skipped (and counted); the
+    first MIN_SAMPLES items are always measured so that every family can be fitted."""
     best: dict[int, list[float]] = {}
     start = time.perf_counter()
     if items:
         measure(items[0])  # first-call costs (kernel selection, page faults) stay out of the samples
     for _ in range(max(passes, 1)):
         for i, item in enumerate(items):
-            if time.perf_counter() - start <= budget_s:
+            if time.perf_counter() - start <= budget_s or (i < MIN_SAMPLES and i not in best):
                 row = measure(item)
                 if i not in best or row[-1] < best[i][-1]:
                     best[i] = row

@@ -23,6 +23,7 @@ from planner.profiling.timing import cpu_clock
 ProgressFactory = Callable[[str, int], Callable[[int], None]]
 
 DEFAULT_DISK_DIR = Path(tempfile.gettempdir()) / "kvplan-kvcache"
+OPTIONAL_FITS = ("link.disk_to_device",)
 
 
 def default_output_path(device: system.DeviceInfo) -> Path:
@@ -151,6 +152,8 @@ def _measure(mode: str | Mode, disk_dir: str | Path | None, force_cpu: bool,
     for key, s in samples.items():
         family = key.split(".")[0]
         dtype_bytes = DTYPE_BYTES.get(key.split(".")[-1], 1)
+        if key in OPTIONAL_FITS and len(s.rows) < 3:
+            continue  # an extra the planner does not need; its samples stay in the profile
         models[key] = _fit(family, s, dtype_bytes)
         advance(1)
 
