@@ -41,6 +41,7 @@ def main() -> None:
 
     \b
     Typical session:
+      kvplan demo                          all of the below on a small model
       kvplan profile --quick               measure this machine
       kvplan solve --model llama-13b --seq 8192
       kvplan execute plans/<plan>.json     run it, measured vs predicted
@@ -51,6 +52,7 @@ def main() -> None:
 def _register() -> None:
     # One module per subcommand; each exposes `command`.
     from planner.cli import (
+        demo_cmd,
         execute_cmd,
         explain_cmd,
         gpus_cmd,
@@ -61,7 +63,8 @@ def _register() -> None:
         solve_cmd,
     )
 
-    for module in (models_cmd, gpus_cmd, profile_cmd, predict_cmd, solve_cmd, explain_cmd, execute_cmd, report_cmd):
+    for module in (models_cmd, gpus_cmd, profile_cmd, predict_cmd, solve_cmd, explain_cmd, execute_cmd, report_cmd,
+                   demo_cmd):
         main.add_command(module.command)
 
 
