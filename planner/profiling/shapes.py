@@ -16,12 +16,21 @@ def _models(names: tuple[str, ...]) -> list[ModelConfig]:
     return [CATALOG[n] for n in names]
 
 
+def _staggered(values: tuple[int, ...], index: int, count: int) -> list[int]:
+    """The i-th of `count` models probes its values times 2^(i/count): together the models cover
+    the row counts (or contexts) between the mode's powers densely at no extra cost, so the fitted
+    models learn how time varies between them instead of only at them."""
+    factor = 2.0 ** (index / max(count, 1))
+    return sorted({max(1, round(v * factor)) for v in values})
+
+
 def gemm_shapes(mode: Mode) -> list[tuple[int, int, int]]:
-    """(m, n, k) of every projection and of the KV recompute, for each model and token count;
-    cheapest first so a time budget cuts the biggest ones."""
+    """(m, n, k) of every projection and of the KV recompute, for each model and (staggered) token
+    count; cheapest first so a time budget cuts the biggest ones."""
     shapes: set[tuple[int, int, int]] = set()
-    for model in _models(mode.gemm_models):
-        for tokens in mode.gemm_tokens:
+    models = _models(mode.gemm_models)
+    for i, model in enumerate(models):
+        for tokens in _staggered(mode.gemm_tokens, i, len(models)):
             gemms = list(layer_gemms(model, tokens).values()) + [recompute_gemm(model, tokens)]
             for g in gemms:
                 if g.n * g.k * F32 <= mode.gemm_max_weight_bytes:
@@ -32,8 +41,9 @@ def gemm_shapes(mode: Mode) -> list[tuple[int, int, int]]:
 def attention_shapes(mode: Mode) -> list[tuple[int, int, int, int, int]]:
     """(batch, context, heads, kv_heads, head_dim) of one decode step's attention."""
     shapes: set[tuple[int, int, int, int, int]] = set()
-    for model in _models(mode.attention_models):
-        for context in mode.attention_contexts:
+    models = _models(mode.attention_models)
+    for i, model in enumerate(models):
+        for context in _staggered(mode.attention_contexts, i, len(models)):
             for batch in mode.attention_batches:
                 kv = 2 * batch * context * model.kv_dim * F32
                 if kv <= mode.attention_max_kv_bytes:
