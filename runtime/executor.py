@@ -70,9 +70,12 @@ def memory_needed(s: Setup) -> dict[str, int]:
             need["host"] += (2 * d.num_gpu_batches + 1) * align_up(int((hi - lo) * frac["disk"] + 2) * d.gpu_batch
                                                                     * width * elem)
     _, rec = flat_layout(M.layer_weight_shapes(m), elem)
-    n_dev = round(d.weight_placement["device"] * s.layers)
-    n_host = round((d.weight_placement["device"] + d.weight_placement["host"]) * s.layers) - n_dev
-    n_disk = s.layers - n_dev - n_host
+    v_total = max(s.virtual_layers or s.layers, s.layers)
+    n_dev = round(d.weight_placement["device"] * v_total)
+    n_host = round((d.weight_placement["device"] + d.weight_placement["host"]) * v_total) - n_dev
+    n_disk = v_total - n_dev - n_host
+    # a K-layer run keeps each of its K layers on every tier the whole model's placement uses
+    n_dev, n_host, n_disk = (min(n, s.layers) for n in (n_dev, n_host, n_disk))
     need["device"] += n_dev * rec
     need["host"] += n_host * rec + (3 * rec if n_disk else 0)
     need["disk"] += n_disk * align_up(rec)
@@ -160,7 +163,7 @@ class Executor:
         self.stores: list = []
         try:
             self.weights = WeightStore(M.layer_weight_shapes(self.m), layer_ws, self.d.weight_placement,
-                                       self.dtype, self.dev, s.disk_dir)
+                                       self.dtype, self.dev, s.disk_dir, virtual=self.V)
             self.stores.append(self.weights)
             del layer_ws
             self.x = TokenStore("x", self.m.hidden_size, 0, min(self.l, s.seq), self.d.x_placement, self.L,
@@ -213,7 +216,7 @@ class Executor:
 
     def _timed_weights(self, n: int, i: int, res: str) -> dict[str, torch.Tensor]:
         with self.rec.busy(n, i, res, self.weights.record_bytes):
-            return self.weights.get(i % self.L)
+            return self.weights.get(i)
 
     def _fetch(self, store: TokenStore, n: int, i: int, j: int, a: int, b: int, target=None) -> list:
         """Futures (or ready views) for positions [a, b) of one GPU batch, in position order."""
@@ -247,9 +250,9 @@ class Executor:
     def _submit(self, n: int, i: int, t: int, slot: int) -> None:
         """Queue every read layer i of step n needs (context t): weights, then X then K,V per GPU batch."""
         entry: dict = {"t": t}
-        res = self.weights.streamed(i % self.L)
+        res = self.weights.streamed(i)
         if res is None:
-            entry["w"] = self.weights.get(i % self.L)
+            entry["w"] = self.weights.get(i)
         else:
             entry["w"] = self._on_worker("disk" if res == "disk_read" else "h2d", self._timed_weights, n, i, res)
         for j in range(self.ngb):

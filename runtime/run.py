@@ -123,7 +123,7 @@ def _execute(plan: Plan, opts: RunOptions) -> dict[str, Any]:
     if not base.is_dir():
         raise KvplanError(f"--disk-dir {base} is not a folder")
     setup = Setup(model=m, decisions=d, seq=plan.seq, layers=K, device=device, disk_dir=base, seed=opts.seed,
-                  weights_dir=opts.weights_dir)
+                  weights_dir=opts.weights_dir, virtual_layers=L)
     need = check_fits(setup)
     work = Path(tempfile.mkdtemp(prefix="kvplan-run-", dir=base))
     setup = Setup(model=m, decisions=d, seq=plan.seq, layers=K, device=device, disk_dir=work, seed=opts.seed,

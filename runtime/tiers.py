@@ -327,35 +327,41 @@ def flat_layout(shapes: dict[str, tuple[int, ...]], elem: int) -> tuple[dict[str
 
 class WeightStore:
     """Decoder-layer weights on their tiers: the first layers on the device, then host, then disk
-    (planner/plan.py: weight_placement). `get(layer)` gives the layer's tensors on the compute device."""
+    (planner/plan.py: weight_placement). `get(v)` gives layer v's tensors on the compute device.
+
+    With `virtual` > len(layers) (a `--layers K` run), the placement is that of the `virtual` layers
+    of the whole model and layer v uses the stored layer v % K, kept on every tier some v maps to."""
 
     def __init__(self, shapes: dict[str, tuple[int, ...]], layers: list[dict[str, torch.Tensor]],
-                 fractions: dict[str, float], dtype: torch.dtype, compute: torch.device, disk_dir: Path | None):
+                 fractions: dict[str, float], dtype: torch.dtype, compute: torch.device, disk_dir: Path | None,
+                 virtual: int | None = None):
         self.shapes, self.dtype, self.compute = shapes, dtype, compute
         self.elem = torch.empty(0, dtype=dtype).element_size()
         self.layout, self.record_bytes = flat_layout(shapes, self.elem)
         self.record_bytes = align_up(self.record_bytes)
-        n = len(layers)
-        self.tier_of = [sp.tier for sp in split_range(0, n, fractions) for _ in range(sp.t0, sp.t1)]
-        self.mem: dict[int, dict[str, torch.Tensor]] = {}
+        self.n = len(layers)
+        v_total = max(virtual or self.n, self.n)
+        self.tier_of = [sp.tier for sp in split_range(0, v_total, fractions) for _ in range(sp.t0, sp.t1)]
+        needed = sorted({(self.tier_of[v], v % self.n) for v in range(v_total)})
+        self.mem: dict[tuple[str, int], dict[str, torch.Tensor]] = {}
         self.disk: DiskFile | None = None
         self.disk_index: dict[int, int] = {}
         self.pool = BufferPool(3)
-        disk_layers = [i for i, t in enumerate(self.tier_of) if t == "disk"]
+        disk_layers = [i for tier, i in needed if tier == "disk"]
         if disk_layers:
             if disk_dir is None:
                 raise KvplanError("the plan puts weights on disk; give --disk-dir")
             self.disk = DiskFile(disk_dir / f"kvplan-weights-{os.getpid()}.bin", self.record_bytes * len(disk_layers))
-        for i, w in enumerate(layers):
-            tier = self.tier_of[i]
+        for tier, i in needed:
+            w = layers[i]
             if tier == "disk":
                 assert self.disk is not None
                 self.disk_index[i] = len(self.disk_index)
                 self.disk.write(self.disk_index[i] * self.record_bytes, self._pack(w), -1 - i)
             elif tier == "device" or compute.type != "cuda":
-                self.mem[i] = {k: v.to(compute, dtype) for k, v in w.items()}
+                self.mem[(tier, i)] = {k: v.to(compute, dtype) for k, v in w.items()}
             else:
-                self.mem[i] = {k: v.to(dtype).pin_memory() for k, v in w.items()}
+                self.mem[(tier, i)] = {k: v.to(dtype).pin_memory() for k, v in w.items()}
 
     def _pack(self, w: dict[str, torch.Tensor]) -> torch.Tensor:
         flat = torch.zeros(self.record_bytes, dtype=torch.uint8)
@@ -368,7 +374,7 @@ class WeightStore:
             self.disk.close()
 
     def streamed(self, layer: int) -> str | None:
-        """The link this layer's weights cross each step: None (resident), "h2d" or "disk_read"."""
+        """The link layer `layer`'s weights cross each step: None (resident), "h2d" or "disk_read"."""
         tier = self.tier_of[layer]
         if tier == "disk":
             return "disk_read"
@@ -377,16 +383,16 @@ class WeightStore:
         return None
 
     def get(self, layer: int) -> dict[str, torch.Tensor]:
-        tier = self.tier_of[layer]
+        tier, i = self.tier_of[layer], layer % self.n
         if tier == "disk":
             assert self.disk is not None
-            raw = self.disk.read_into(self.disk_index[layer] * self.record_bytes, self.record_bytes, self.pool)
+            raw = self.disk.read_into(self.disk_index[i] * self.record_bytes, self.record_bytes, self.pool)
             out = {}
             for name, (off, n) in self.layout.items():
                 t = raw[off:off + n * self.elem].view(self.dtype).view(self.shapes[name])
                 out[name] = t.to(self.compute) if self.compute.type == "cuda" else t
             return out
-        w = self.mem[layer]
+        w = self.mem[(tier, i)]
         if tier == "host" and self.compute.type == "cuda":
             return {k: v.to(self.compute, non_blocking=True) for k, v in w.items()}
         return w

@@ -73,6 +73,19 @@ def test_layers_and_json_output(run_cli, write_json, tmp_path, no_local_profile)
     assert m["per_layer_busy_s"]["compute"] > 0
 
 
+def test_layers_keep_the_whole_models_weight_placement(run_cli, write_json, tmp_path, no_local_profile):
+    """--layers 1 of a 3-layer plan with a third of the weights on disk: the last layer of every step
+    still streams its weights from disk."""
+    third = {"device": 2 / 3, "host": 0.0, "disk": 1 / 3}
+    plan = write_json("plan.json", tiny_plan(split_tokens=0, kv_placement=RAM, x_placement=RAM,
+                                             weight_placement=third))
+    result = run_cli("execute", plan, "--steps", "3", "--layers", "1", "--json", "--disk-dir", tmp_path)
+    assert result.exit_code == 0, result.stderr
+    m = json.loads(result.stdout)["measured"]
+    assert m["per_layer_busy_s"]["disk_read"] > 0
+    assert m["link_bytes_per_step"]["disk_read"] > 0
+
+
 def _mutate(path: str, value):
     plan = tiny_plan()
     obj = plan
