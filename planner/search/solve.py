@@ -3,6 +3,7 @@ the plan object (docs/plan-schema.md)."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +45,7 @@ class StrategyResult:
     prediction: dict[str, Any]
     ilp: IlpResult
     combos: int
+    milp_split_tokens: int  # the MILP's split before the full-model refinement (polish_split)
 
 
 def capacities(req: SolveRequest, profile: Profile) -> dict[str, int]:
@@ -236,7 +238,55 @@ def solve_strategy(req: SolveRequest, st: Setting, profile: Profile, strategy: s
     decisions = decisions_from_values(st, combo, result.values)
     inputs = {"seq": st.seq, "prompt": st.prompt, "gen": st.gen, "objective": st.objective}
     prediction = evaluate(st.model, inputs, decisions, profile)
-    return StrategyResult(decisions, prediction, result, n_combos)
+    milp_split = decisions.split_tokens
+    decisions, prediction = polish_split(st, decisions, prediction, profile, caps)
+    return StrategyResult(decisions, prediction, result, n_combos, milp_split)
+
+
+def _score(pred: dict[str, Any], objective: str) -> float:
+    return -pred["throughput_tokens_per_s"] if objective == "throughput" else pred["decode_step_s"]
+
+
+def polish_split(st: Setting, decisions: Decisions, prediction: dict[str, Any], profile: Profile,
+                 caps: dict[str, int]) -> tuple[Decisions, dict[str, Any]]:
+    """Refine the MILP's split l with the full cost models, everything else fixed.
+
+    The MILP chose l on the linear surrogate (per-token rates sampled at one shape); the full models
+    are not linear in l (launch and latency terms, a fitted GEMM or link model, the positional
+    layout). A short deterministic pattern search over whole tokens keeps the plan's placements and
+    takes a different l only when it fits every tier and predicts strictly better for the objective.
+    Plans without recompute (l = 0) are left alone: whether to recompute at all is the MILP's call."""
+    if decisions.split_tokens == 0:
+        return decisions, prediction
+    inputs = {"seq": st.seq, "prompt": st.prompt, "gen": st.gen, "objective": st.objective}
+    seen: dict[int, tuple[float, Decisions, dict[str, Any]]] = {
+        decisions.split_tokens: (_score(prediction, st.objective), decisions, prediction)}
+
+    def trial(l_tok: int) -> tuple[float, Decisions, dict[str, Any]]:
+        l_tok = min(st.seq, max(0, l_tok))
+        if l_tok not in seen:
+            d = dataclasses.replace(decisions, split_tokens=l_tok, strategy=strategy_label(
+                l_tok, decisions.kv_placement, decisions.x_placement, decisions.attention_where))
+            p = evaluate(st.model, inputs, d, profile)
+            fits = all(p["memory_bytes"][t] <= caps[t] for t in caps)
+            seen[l_tok] = (_score(p, st.objective) if fits else float("inf"), d, p)
+        return seen[l_tok]
+
+    best_l = decisions.split_tokens
+    step = max(1, st.seq // 16)
+    while True:
+        moved = False
+        for cand in (best_l - step, best_l + step):
+            cand = min(st.seq, max(0, cand))
+            best = seen[best_l][0]
+            if cand != best_l and trial(cand)[0] < best - abs(best) * 1e-9:  # strictly better
+                best_l, moved = cand, True
+        if not moved:
+            if step == 1:
+                break
+            step = max(1, step // 2)
+    _, d, p = seen[best_l]
+    return d, p
 
 
 def _better(a: dict[str, Any], b: dict[str, Any], objective: str) -> bool:
@@ -334,6 +384,7 @@ def solve(request: SolveRequest, profile: Profile) -> dict[str, Any]:
             "variables": ilp.variables, "constraints": ilp.constraints,
             "objective_value": float(f"{ilp.objective_value:.9g}") if ilp.objective_value is not None else None,
             "picked_from": picked_from,
+            "milp_split_tokens": chosen.milp_split_tokens,
             "usable_bytes": caps,
         },
         "warnings": warnings,
