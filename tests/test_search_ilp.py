@@ -258,3 +258,22 @@ def test_whole_token_plans_stay_within_every_tier(model_name, gpu, seq, batch, c
     mem, usable = plan["prediction"]["memory_bytes"], plan["solver"]["usable_bytes"]
     for tier in ("device", "host", "disk"):
         assert mem[tier] <= usable[tier]
+
+
+@pytest.mark.parametrize("objective", ["latency", "throughput"])
+def test_split_refinement_is_never_worse_than_the_milp_split(objective, local_profile_path):
+    """The full models refine the MILP's l; the plan is never predicted worse than at the MILP's own l."""
+    from planner.plan import plan_from_dict
+
+    for model_name, profile, extra in (("opt-13b", A100, {}),
+                                       ("opt-125m", load_profile(local_profile_path), {"gpu_mem_bytes": 10**9})):
+        model = load_model(model_name)
+        data = solve(SolveRequest(model=model, seq=2048, gen=16, batch=8, objective=objective,
+                                  strategy="recompute", **extra), profile)
+        plan = plan_from_dict(data)
+        at_milp = evaluate(model, data["inputs"], dataclasses.replace(
+            plan.decisions, split_tokens=data["solver"]["milp_split_tokens"]), profile)
+        if objective == "latency":
+            assert data["prediction"]["decode_step_s"] <= at_milp["decode_step_s"]
+        else:
+            assert data["prediction"]["throughput_tokens_per_s"] >= at_milp["throughput_tokens_per_s"]
