@@ -319,8 +319,8 @@ def combos_for(batch: int | None, host_is_device: bool, strategy: str) -> list[C
     out = []
     for b in batch_candidates(batch):
         nbs = [nb for nb in (1, 2, 4, 8) if b % nb == 0]
-        if batch is not None:
-            nbs = [nb for nb in (1, 2, 4, 8, 16) if b % nb == 0]
+        if batch is not None:  # a batch the user fixed: every split into at most 16 equal GPU batches
+            nbs = [nb for nb in range(1, 17) if b % nb == 0]
         for nb in nbs:
             for where in wheres:
                 combo = Combo(batch=b, gpu_batch=b // nb, num_gpu_batches=nb, attention_where=where)

@@ -162,14 +162,20 @@ def _diagnose(st: Setting, req: SolveRequest, strategy: str, caps: dict[str, int
     what = f"{m.name} {dt}, batch {b}, seq {st.seq}"
     dev_cap = caps["device"]
     dev_word = "memory" if st.host_is_device else "device memory"
+    hidden = 2 * b * st.prompt * m.hidden_size * DTYPE_BYTES[dt]  # the block's hidden states in prefill
+    staging = stream_buffer_bytes(m, dt, small, st.seq)
+    hint = "; try a smaller --batch" if req.batch is not None and req.batch > 1 else ""
     if strategy == "resident":
         need = emb + act + kv_all + min(weights, 2 * W)
-        return (f"resident K,V needs {_gb(need)} of {dev_word} (K,V {_gb(kv_all)}, embeddings and working "
-                f"buffers {_gb(emb + act)}, one streamed layer of weights) for {what}; {_gb(dev_cap)} available")
-    dev_min = emb + act + 2 * W + stream_buffer_bytes(m, dt, small, st.seq)
+        return (f"resident K,V needs {_gb(need)} of {dev_word} for {what} (K,V {_gb(kv_all)}, embeddings "
+                f"{_gb(emb)}, prefill working memory {_gb(act)}, one streamed layer of weights double-buffered "
+                f"{_gb(min(weights, 2 * W))}); {_gb(dev_cap)} available{hint}")
+    dev_min = emb + act + 2 * W + staging
     if dev_min > dev_cap:
-        return (f"needs {_gb(dev_min)} of {dev_word} for embeddings, working and staging buffers ({what}); "
-                f"{_gb(dev_cap)} available")
+        return (f"needs {_gb(dev_min)} of {dev_word} even with everything else offloaded, for {what}: embeddings "
+                f"{_gb(emb)}, prefill working memory {_gb(act)} (of which the batch's hidden states "
+                f"{_gb(hidden)}), K,V staging {_gb(staging)}, two streamed layers {_gb(2 * W)}; "
+                f"{_gb(dev_cap)} available{hint}")
     total = weights + kv_all
     room = (dev_cap - dev_min) + caps["host"] + caps["disk"]
     if total > room:
