@@ -80,6 +80,7 @@ def main() -> int:
             "predicted_busy_s": pred["per_layer_busy_s"], "measured_busy_s": busy,
             "load": rec["run"]["load_average_1min"], "threads": rec["run"]["torch_threads"],
             "compute_thread_cpu_s": meas["per_layer_compute_thread_cpu_s"],
+            "layer_over_busiest": meas["overlap"]["step_over_busiest_resource"],
         }
         rows.append(row)
         print(f"  #{k} {name} s={seq} b={batch} {strategy}->{d['strategy']} l={d['split_tokens']}: predicted "
@@ -103,6 +104,19 @@ def main() -> int:
     med = statistics.median(gaps)
     print()
     print(f"median |gap| = {med:.1f}% over {len(rows)} plans -> {'PASS' if med <= 10 else 'FAIL'} (target <= 10%)")
+    # where the gap comes from: overlap (layer time / busiest measured resource), the compute thread's
+    # CPU time against the predicted compute, its CPU share, and the disk against its prediction
+    comp = [r["compute_thread_cpu_s"] / r["predicted_busy_s"]["compute"] for r in rows
+            if r["predicted_busy_s"]["compute"] > 0]
+    share = [r["compute_thread_cpu_s"] / r["measured_busy_s"]["compute"] for r in rows
+             if r["measured_busy_s"]["compute"] > 0]
+    disk = [r["measured_busy_s"]["disk_read"] / r["predicted_busy_s"]["disk_read"] for r in rows
+            if r["predicted_busy_s"]["disk_read"] > 0]
+    over = statistics.median(r["layer_over_busiest"] for r in rows)
+    print(f"median layer time / busiest measured resource = {over:.2f}"
+          f"; compute-thread CPU time / predicted compute = {statistics.median(comp):.2f}"
+          f"; compute thread on CPU = {100 * statistics.median(share):.0f}%"
+          f"; disk read measured / predicted = {statistics.median(disk) if disk else float('nan'):.2f}")
     print(load_note())
     write_json_atomic(args.out, {"profile": profile.name, "layers": args.layers, "steps": args.steps,
                                  "rows": rows, "median_abs_gap_pct": med})

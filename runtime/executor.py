@@ -356,12 +356,21 @@ class Executor:
                     q = M.query(a, w, x_new, pos_new)
                     kv_new = M.kv_from_x(a, w, x_new, pos_new)
                 x_parts = [self._ready(p) for p in entry[("x", j)]]
+                kvp = entry[("kv", j)]
                 kv_rec = None
                 if x_parts:
                     with self.rec.busy(n, i, "compute"):
-                        x_old = torch.cat(x_parts, dim=1) if len(x_parts) > 1 else x_parts[0]
-                        kv_rec = M.kv_from_x(a, w, x_old, torch.arange(x_old.shape[1], device=self.dev))
-                kvp = entry[("kv", j)]
+                        parts_tm = [p.transpose(0, 1) for p in x_parts]  # token-major [tokens, gb, hidden]
+                        x_tm = torch.cat(parts_tm, dim=0) if len(parts_tm) > 1 else parts_tm[0]
+                        lt = x_tm.shape[0]
+                        pos_rec = torch.arange(lt, device=self.dev)
+                        if "buf" in kvp and kvp["buf"].tensor.device.type == self.dev.type:
+                            # straight into rows [0, lt) of the attention buffer, while K,V[l:t] still
+                            # streams into rows [l, t): the disk read starts at a page boundary (the
+                            # buffer is placed so), so it never touches these rows
+                            M.kv_from_x_into(a, w, x_tm, pos_rec, out=kvp["buf"].tensor[:lt])
+                        else:
+                            kv_rec = M.kv_from_x(a, w, x_tm.transpose(0, 1), pos_rec)
                 wrote = False
                 if "in_place" in kvp:  # resident K,V: append the new token, attend over the store itself
                     self._write_back(self.kv, n, i, j, t, kv_new)

@@ -39,9 +39,10 @@ def layer_weight_shapes(m: ModelConfig) -> dict[str, tuple[int, ...]]:
     shapes: dict[str, tuple[int, ...]] = {"ln1.w": (h,)}
     if m.norm == "layernorm":
         shapes["ln1.b"] = (h,)
-    shapes.update({"wq": (q, h), "wk": (kv, h), "wv": (kv, h), "wo": (h, q)})
+    # W_k and W_v are kept as one [2*kv, h] matrix ("wkv"): one GEMM makes K,V in the stored layout
+    shapes.update({"wq": (q, h), "wkv": (2 * kv, h), "wo": (h, q)})
     if m.qkv_bias:
-        shapes.update({"bq": (q,), "bk": (kv,), "bv": (kv,)})
+        shapes.update({"bq": (q,), "bkv": (2 * kv,)})
     if m.o_bias:
         shapes["bo"] = (h,)
     shapes["ln2.w"] = (h,)
@@ -166,13 +167,20 @@ class Checkpoint:
                 key = name[len("model."):] if name.startswith("model.") else name
                 self.tensors[key] = t
 
+    def _tensor(self, hf: str) -> torch.Tensor:
+        if hf not in self.tensors:
+            raise KvplanError(f"checkpoint has no tensor '{hf}' needed for {self.model.name}")
+        return self.tensors[hf]
+
     def _take(self, mapping: dict[str, str], shapes: dict[str, tuple[int, ...]], dtype: torch.dtype):
         out = {}
         for name, shape in shapes.items():
-            hf = mapping[name]
-            if hf not in self.tensors:
-                raise KvplanError(f"checkpoint has no tensor '{hf}' needed for {self.model.name}")
-            t = self.tensors[hf]
+            if name in ("wkv", "bkv"):  # k_proj and v_proj stacked
+                t = torch.cat([self._tensor(mapping[name[:-2] + "k"]), self._tensor(mapping[name[:-2] + "v"])])
+                hf = f"{mapping[name[:-2] + 'k']} + {mapping[name[:-2] + 'v']}"
+            else:
+                hf = mapping[name]
+                t = self._tensor(hf)
             if tuple(t.shape) != shape:
                 raise KvplanError(f"checkpoint tensor '{hf}' has shape {tuple(t.shape)}, the model needs {shape}")
             out[name] = t.to(dtype)
@@ -243,11 +251,26 @@ def _heads(t: torch.Tensor, n: int, d: int) -> torch.Tensor:
 def kv_from_x(a: Arch, w: dict[str, torch.Tensor], x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     """K,V of tokens from their X, as one [batch, tokens, 2*kv_dim] tensor (K after RoPE, then V):
     the layout in which the runtime stores and streams the KV cache."""
-    k = F.linear(x, w["wk"], w.get("bk"))
-    v = F.linear(x, w["wv"], w.get("bv"))
+    kv = F.linear(x, w["wkv"], w.get("bkv"))
     if a.rotary:
-        k = rope(a, _heads(k, a.kv_heads, a.head_dim), positions).transpose(1, 2).reshape(k.shape)
-    return torch.cat([k, v], dim=-1)
+        kvd = a.kv_heads * a.head_dim
+        k = kv[..., :kvd]
+        kv[..., :kvd] = rope(a, _heads(k, a.kv_heads, a.head_dim), positions).transpose(1, 2).reshape(k.shape)
+    return kv
+
+
+def kv_from_x_into(a: Arch, w: dict[str, torch.Tensor], x_tm: torch.Tensor, positions: torch.Tensor,
+                   out: torch.Tensor) -> None:
+    """kv_from_x for token-major X [tokens, batch, hidden], written straight into `out`
+    [tokens, batch, 2*kv_dim] (rows of the attention buffer): no intermediate copies."""
+    torch.matmul(x_tm, w["wkv"].t(), out=out)
+    if "bkv" in w:
+        out.add_(w["bkv"])
+    if a.rotary:
+        kvd = a.kv_heads * a.head_dim
+        n, b = out.shape[0], out.shape[1]
+        k = out[..., :kvd].view(n, b, a.kv_heads, a.head_dim).permute(1, 2, 0, 3)  # [b, heads, tokens, d]
+        out[..., :kvd] = rope(a, k, positions).permute(2, 0, 1, 3).reshape(n, b, kvd)
 
 
 def query(a: Arch, w: dict[str, torch.Tensor], x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:

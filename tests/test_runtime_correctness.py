@@ -141,6 +141,11 @@ def test_hugging_face_checkpoint_is_loaded(m, tmp_path):
     layers = [M.random_layer_weights(m, i, 5, torch.float32) for i in range(m.num_layers)]
     hf = {}
     for i, w in enumerate(layers):
+        w = dict(w)
+        kvd = m.kv_dim
+        w["wk"], w["wv"] = w["wkv"][:kvd], w["wkv"][kvd:]  # Hugging Face keeps k_proj and v_proj apart
+        if "bkv" in w:
+            w["bk"], w["bv"] = w["bkv"][:kvd], w["bkv"][kvd:]
         for ours, theirs in M._hf_layer_names(m, i).items():
             if ours in w:
                 hf["model." + theirs] = w[ours]
