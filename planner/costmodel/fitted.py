@@ -6,7 +6,9 @@ Every model is physically shaped first: a non-negative linear model over work te
     time_s = c0 + c1 * bytes/1e9                            (element-wise ops, links)
 
 i.e. a fixed latency plus work over a rate (the roofline's terms, added rather than max'ed so the
-fit stays linear). Two candidates refine it with a multiplicative correction learned on the log of
+fit stays linear). A second base adds hinge terms max(0, bytes - knot) at three quantiles of the
+sampled bytes: a convex, increasing line whose rate drops once data falls out of a cache level.
+Two candidates refine either base with a multiplicative correction learned on the log of
 the shape dimensions (m, n, k; batch, context, heads, ...):
 
 - "poly":  log(time / linear) = degree-2 polynomial of log(dims)   (ridge regression)
@@ -17,7 +19,9 @@ held-out MAPE stored next to it. Extrapolation: the shape dimensions are clamped
 range before the correction is evaluated, so outside the probed shapes a prediction is the linear
 model (monotone in FLOPs and bytes, non-negative coefficients) times the correction at the nearest
 sampled shape. A bigger GEMM than any probed one therefore costs its extra FLOPs at the rate of the
-biggest probed shapes, never less.
+biggest probed shapes, never less. Monotonicity: non-linear predictions are the running maximum
+along one dim (MONOTONE_DIM: GEMM rows, attention context, bytes), so more work never predicts less
+time. docs/cost-models.md has the details and the validation.
 """
 
 from __future__ import annotations
