@@ -32,8 +32,9 @@ def command(quick: bool, smoke: bool, disk_dir: Path | None, output: Path | None
 
     load = load_average()
     if not smoke and load is not None and load > 0.5 * cpu_cores():
+        hint = "profile when idle" if threads == 1 else "try --threads 1, or profile when idle"
         click.echo(f"warning: the machine is busy (load average {load} on {cpu_cores()} cores); timings will be "
-                   "noisy and slower than on an idle machine (try --threads 1, or profile when idle)", err=True)
+                   f"noisy and slower than on an idle machine ({hint})", err=True)
     mode = "smoke" if smoke else "quick" if quick else "full"
     if smoke and threads is None:
         threads = 1  # tests and CI share their cores: one thread, timed by its CPU clock (timing.py)
