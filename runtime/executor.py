@@ -265,14 +265,17 @@ class Executor:
         with self.rec.busy(n, i, res, data.shape[0] * data.shape[-1] * data.element_size()):
             store.write(i % self.L, j, pos, data)
 
-    def _write_back(self, store: TokenStore, n: int, i: int, j: int, pos: int, data: torch.Tensor) -> None:
+    def _write_back(self, store: TokenStore, n: int, i: int, j: int, pos: int, data: torch.Tensor) -> Future | None:
+        """Store the new token's X or K,V where position `pos` lives; a write over a link is queued on
+        that link's worker (after the reads already queued there) and its future returned."""
         sp = store.span_of(pos)
         if store.is_local(sp, data.device):
             with self.rec.busy(n, i, "compute"):
                 store.write(i % self.L, j, pos, data)
-        else:
-            self.writes.append(self._on_worker("disk" if sp.tier == "disk" else "h2d", self._timed_write,
-                                               store, n, i, j, pos, data))
+            return None
+        fut = self._on_worker("disk" if sp.tier == "disk" else "h2d", self._timed_write, store, n, i, j, pos, data)
+        self.writes.append(fut)
+        return fut
 
     def _ready(self, x):
         """The value of a read; on CUDA, tensors made on the copy stream are marked as used by the
@@ -304,6 +307,8 @@ class Executor:
                     self.x.write(i, j, 0, x[:, :min(self.l, P)])
                 if P > self.l:
                     self.kv.write(i, j, self.l, kv[:, self.l:])
+        if self.dev.type == "cuda":  # the writes above were asynchronous on the compute stream
+            torch.cuda.synchronize()
         return torch.cat([M.head(a, self.outer, h[:, -1:])[:, 0] for h in hs])
 
     def fill_random(self, context: int, seed: int = 0) -> None:
@@ -318,6 +323,8 @@ class Executor:
                 if context > self.l:
                     kv = torch.randn(self.gb, context - self.l, 2 * self.m.kv_dim, generator=gen)
                     self.kv.write(i, j, self.l, kv.to(self.dev, self.dtype))
+        if self.dev.type == "cuda":
+            torch.cuda.synchronize()
 
     # -- decode ----------------------------------------------------------------------------------
     def decode(self, start: int, tokens: torch.Tensor, steps: int, forced: torch.Tensor | None = None,
@@ -373,7 +380,9 @@ class Executor:
                             kv_rec = M.kv_from_x(a, w, x_tm.transpose(0, 1), pos_rec)
                 wrote = False
                 if "in_place" in kvp:  # resident K,V: append the new token, attend over the store itself
-                    self._write_back(self.kv, n, i, j, t, kv_new)
+                    fut = self._write_back(self.kv, n, i, j, t, kv_new)
+                    if fut is not None:  # CPU attention on a GPU machine: the append crossed the link
+                        fut.result()
                     wrote = True
                     with self.rec.busy(n, i, att_res):
                         kv_all = self.kv.read(kvp["in_place"], i % self.L, j, self.l, t + 1, ad)
