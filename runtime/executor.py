@@ -416,6 +416,7 @@ class Executor:
                     else:
                         cur = logits.argmax(-1)
                 self.rec.mark_step(n, step_start, time.perf_counter())
+                self.next_tokens = cur  # the inputs of the step after the last one run
                 if keep_logits:
                     out.append(logits.cpu())
         for f in self.writes:

@@ -57,6 +57,8 @@ def test_execute_reports_measured_and_writes_record(run_cli, write_json, tmp_pat
     assert m["per_layer_busy_s"]["disk_read"] > 0 and m["per_layer_busy_s"]["disk_write"] > 0
     assert m["link_bytes_per_step"]["disk_read"] > 0
     assert len(m["step_wall_s"]) == 4 and m["decode_step_s"] > 0
+    assert m["prefill_s"] > 0 and m["total_s"] > m["prefill_s"]  # the 24-token prompt, really prefilled
+    assert any("6 untimed decode steps" in n for n in rec["notes"])
     assert rec["predicted"] is None
     assert list(disk.iterdir()) == [], "the run left files in --disk-dir"
 
