@@ -4,10 +4,7 @@ same grid gives byte-identical files (no timestamps, no run times inside)."""
 
 from __future__ import annotations
 
-import errno
-import os
 import shlex
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,47 +12,13 @@ import pandas as pd
 
 from planner import __version__
 from planner.errors import KvplanError
-from planner.jsonio import dumps_canonical
+from planner.jsonio import dumps_canonical, write_bytes_atomic
 from planner.report.figures import all_figures
 from planner.report.frame import results_frame, status_counts, to_csv_text, to_parquet_bytes
 from planner.report.html import ReportContent, render_html, render_markdown, seqs_text
 from planner.report.runs import RunRecord
 from planner.report.sweep import Grid, SolveResult
 from planner.report.tables import best_gpu_table, fit_table, infeasible_table, measured_table, reasons_table
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> Path:
-    """Temporary file in the same folder + rename; the file gets the usual permissions (0666 less
-    the umask) rather than mkstemp's 0600, since a report folder is meant to be shared."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise KvplanError(f"cannot create folder {path.parent}: {exc.strerror}") from exc
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(exc, OSError):
-            if exc.errno == errno.ENOSPC:
-                raise KvplanError(f"disk full while writing {path}; nothing was written") from exc
-            raise KvplanError(f"cannot write {path}: {exc.strerror}") from exc
-        raise
-    return path
 
 
 def command_line(grid: Grid, runs: list[str], dask: bool) -> str:
