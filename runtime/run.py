@@ -169,6 +169,7 @@ def _execute(plan: Plan, opts: RunOptions) -> dict[str, Any]:
     step_s = meas["layers_wall_s"]  # every step ran all L layers (cycling through K stored ones if K < L)
     measured = {
         "per_layer_busy_s": meas["per_layer_busy_s"],
+        "per_step_busy_s": {r: v * L for r, v in meas["per_layer_busy_s"].items()},
         "per_layer_step_s": step_s / L,
         # with 1 torch thread: CPU time the compute thread got during its busy intervals (busy - this =
         # time it was descheduled); with more threads only the calling thread's share is counted
@@ -208,12 +209,13 @@ def _execute(plan: Plan, opts: RunOptions) -> dict[str, Any]:
         "predicted": pred.data,
         "lower_bound": pred.lower_bound,
         "measured": measured,
-        "comparison": comparison_rows(pred, measured, meas),
+        "comparison": comparison_rows(pred, measured, meas, L),
         "notes": notes,
     }
 
 
-def comparison_rows(pred: P.Prediction, measured: dict[str, Any], meas: dict[str, Any]) -> list[dict[str, Any]]:
+def comparison_rows(pred: P.Prediction, measured: dict[str, Any], meas: dict[str, Any],
+                    layers: int) -> list[dict[str, Any]]:
     """Predicted vs measured, one row per quantity: {quantity, unit, predicted, measured, gap_pct}."""
     p = pred.data or {}
     rows = []
@@ -228,6 +230,10 @@ def comparison_rows(pred: P.Prediction, measured: dict[str, Any], meas: dict[str
     for r in RESOURCES:
         if pb.get(r) or meas["per_layer_busy_s"][r] > 0:
             row(f"{r} busy per layer", "s", pb.get(r), meas["per_layer_busy_s"][r])
+    for r in RESOURCES:
+        if pb.get(r) or meas["per_layer_busy_s"][r] > 0:
+            row(f"{r} busy per step", "s", pb[r] * layers if pb.get(r) is not None else None,
+                measured["per_step_busy_s"][r])
     row("layer time", "s", p.get("per_layer_step_s"), measured["per_layer_step_s"])
     row("decode step (all layers)", "s", p.get("decode_step_s"), measured["decode_step_s"])
     row("decode throughput", "tok/s", p.get("decode_throughput_tokens_per_s"),
