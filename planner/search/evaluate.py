@@ -152,7 +152,6 @@ def evaluate(model: ModelConfig, inputs: dict[str, Any], decisions: Decisions, p
     lay = token_layout(decisions, seq, prompt, gen, ctx)
     tok, now, new, pre = lay.stored, lay.present, lay.new_per_step, lay.prefill
     x_present = round(now["xd"] + now["xh"] + now["xk"])  # recomputed tokens per sequence
-    link = profile.links
 
     def xfer(name: str, nbytes: float, count: int = 1) -> float:
         """`count` transfers of `nbytes` each over a link (each pays the link's latency)."""
@@ -250,13 +249,23 @@ def evaluate(model: ModelConfig, inputs: dict[str, Any], decisions: Decisions, p
     dev_peak = peak.get(dtype, peak.get("float32", min(peak.values()))) * 1e12
     hpeak = profile.host_peak_tflops
     cpu_peak = hpeak.get(dtype, hpeak.get("float32", min(hpeak.values()))) * 1e12
+    def link_bound_s(name: str, nbytes: float) -> float:
+        """The step's bytes over the link's best rate under the same cost model the prediction uses,
+        taken at the plan's own transfer sizes (one layer's share, or the whole step at once), so the
+        bound never exceeds the plan's predicted busy time on that link."""
+        if nbytes <= 0:
+            return 0.0
+        sizes = (nbytes, nbytes / (L * nb))
+        best_rate = max(size / cost.transfer_s(name, size) for size in sizes)
+        return nbytes / best_rate
+
     bound_terms = {
         "compute": dev_flops / dev_peak,
         "cpu": cpu_flops / cpu_peak,
-        "h2d": bytes_step["h2d"] / (link["h2d"].gb_per_s * 1e9) if cuda else 0.0,
-        "d2h": bytes_step["d2h"] / (link["d2h"].gb_per_s * 1e9) if cuda else 0.0,
-        "disk": bytes_step["disk_read"] / (link["disk_read"].gb_per_s * 1e9)
-        + bytes_step["disk_write"] / (link["disk_write"].gb_per_s * 1e9),
+        "h2d": link_bound_s("h2d", bytes_step["h2d"]) if cuda else 0.0,
+        "d2h": link_bound_s("d2h", bytes_step["d2h"]) if cuda else 0.0,
+        "disk": link_bound_s("disk_read", bytes_step["disk_read"])
+        + link_bound_s("disk_write", bytes_step["disk_write"]),
     }
     lb_by = max(bound_terms, key=lambda r: (bound_terms[r], r))
     lb_s = bound_terms[lb_by]
