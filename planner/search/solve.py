@@ -3,7 +3,9 @@ the plan object (docs/plan-schema.md)."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -249,6 +251,34 @@ def solve_strategy(req: SolveRequest, st: Setting, profile: Profile, strategy: s
     return StrategyResult(decisions, prediction, result, n_combos, milp_split)
 
 
+# Pinned and automatic solves of one request, remembered per process: a report sweep asks for the same
+# cell under each strategy, and every solve needs the four pinned baselines, so without this each cell
+# would solve each pinned MILP five times. Keyed by the request (strategy aside), the profile object and
+# the strategy; the profile object is kept in the value so its id cannot be reused while cached.
+_STRATEGY_MEMO: OrderedDict[tuple, tuple[Profile, StrategyResult | Infeasible]] = OrderedDict()
+_STRATEGY_MEMO_SIZE = 256
+
+
+def solve_strategy_memo(req: SolveRequest, st: Setting, profile: Profile, strategy: str,
+                        caps: dict[str, int], cache: dict[Combo, Coeffs]) -> StrategyResult:
+    key = (dataclasses.replace(req, strategy="auto"), id(profile), strategy)
+    hit = _STRATEGY_MEMO.get(key)
+    if hit is None or hit[0] is not profile:
+        try:
+            outcome: StrategyResult | Infeasible = solve_strategy(req, st, profile, strategy, caps, cache)
+        except Infeasible as exc:
+            outcome = exc
+        hit = (profile, outcome)
+    _STRATEGY_MEMO[key] = hit
+    _STRATEGY_MEMO.move_to_end(key)
+    while len(_STRATEGY_MEMO) > _STRATEGY_MEMO_SIZE:
+        _STRATEGY_MEMO.popitem(last=False)
+    outcome = hit[1]
+    if isinstance(outcome, Infeasible):
+        raise Infeasible(str(outcome))
+    return dataclasses.replace(outcome, prediction=copy.deepcopy(outcome.prediction))
+
+
 def _score(pred: dict[str, Any], objective: str) -> float:
     return -pred["throughput_tokens_per_s"] if objective == "throughput" else pred["decode_step_s"]
 
@@ -319,7 +349,7 @@ def solve(request: SolveRequest, profile: Profile) -> dict[str, Any]:
     baselines: dict[str, Any] = {}
     for name in PINNED_STRATEGIES:
         try:
-            results[name] = solve_strategy(request, st, profile, name, caps, cache)
+            results[name] = solve_strategy_memo(request, st, profile, name, caps, cache)
         except Infeasible as exc:
             baselines[name] = {"feasible": False, "reason": str(exc)}
             continue
@@ -335,7 +365,7 @@ def solve(request: SolveRequest, profile: Profile) -> dict[str, Any]:
         }
     picked_from = request.strategy
     if request.strategy == "auto":
-        chosen = solve_strategy(request, st, profile, "auto", caps, cache)
+        chosen = solve_strategy_memo(request, st, profile, "auto", caps, cache)
         # The MILP optimises the linear surrogate; if a pinned plan re-evaluates better under the full
         # models, take it, so that auto is never predicted worse than a pinned strategy.
         for name in PINNED_STRATEGIES:
