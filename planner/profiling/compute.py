@@ -1,5 +1,16 @@
 """Compute probes: GEMM time vs (m, n, k, dtype), decode attention time vs (batch, context, heads,
-KV heads, head dim), and the MLP activation vs bytes, on a torch device ("cuda" or "cpu")."""
+KV heads, head dim), and the MLP activation vs bytes, on a torch device ("cuda" or "cpu").
+
+The probes measure what the runtime runs (docs/profiling.md, "what the probes run"):
+
+- projections are `F.linear(x, W)` with W stored [out, in] like runtime/model.py, and W is *cold*:
+  every call takes its weights from a different place of an arena larger than the last-level cache
+  (ColdArena), as a decode step streams each layer's weights once between long K,V reads;
+- the KV-recompute shapes run through runtime.model.kv_from_x_into: token-major X in, K,V written
+  straight into the rows of a token-major attention buffer, as the executor recomputes them;
+- decode attention is runtime.model.attention (the fused SDPA call, GQA folded into the query
+  length) over a token-major [context, batch, 2*kv_dim] buffer, also taken cold from the arena.
+"""
 
 from __future__ import annotations
 
@@ -53,23 +64,79 @@ def _budgeted(
     return [best[i] for i in sorted(best)], len(items) - len(best)
 
 
+class ColdArena:
+    """A block of `nbytes` (filled once with small random values) handed out as tensor views at
+    rotating offsets: consecutive calls never reuse bytes touched within the last `nbytes`, so when
+    the arena is larger than the last-level cache every probe call reads its operand from DRAM, as a
+    decode step does (it touches a layer's weights once per step, with ~100 MB of K,V in between)."""
+
+    def __init__(self, nbytes: int, dtype: str, device: str):
+        import torch
+
+        tdtype = _torch_dtype(dtype)
+        self.elem = torch.empty(0, dtype=tdtype).element_size()
+        self.data = torch.empty(max(nbytes // self.elem, 1), dtype=tdtype, device=device).uniform_(-0.1, 0.1)
+        self.offset = 0
+
+    def take(self, shape: tuple[int, ...]):
+        numel = _prod(shape)
+        if numel > self.data.numel():
+            raise ValueError(f"cold arena of {self.data.numel()} elements cannot hold {shape}")
+        if self.offset + numel > self.data.numel():
+            self.offset = 0
+        view = self.data[self.offset:self.offset + numel].view(shape)
+        self.offset += numel
+        return view
+
+
+def _prod(shape: Sequence[int]) -> int:
+    out = 1
+    for d in shape:
+        out *= int(d)
+    return out
+
+
+def arena_bytes(llc_bytes: int, largest_bytes: int, cap_bytes: int) -> int:
+    """1.5x the last-level cache (so the rotation distance exceeds it) and at least 2 of the largest
+    operands, never more than `cap_bytes` (a mode's memory cap)."""
+    return int(min(max(1.5 * llc_bytes, 2 * largest_bytes), max(cap_bytes, 2 * largest_bytes)))
+
+
 def gemm_samples(
     shapes: Sequence[tuple[int, int, int]], dtype: str, device: str, reps: Repeats, budget_s: float,
-    progress: Progress | None = None,
+    progress: Progress | None = None, cold_bytes: int = 0, recompute: frozenset = frozenset(),
 ) -> SampleSet:
-    """C = A @ B with A (m x k) activations and B (k x n) weights, as a projection runs."""
+    """y = x W^T with x (m x k) activations and W (n x k) weights, as runtime/model.py projects
+    (F.linear), W cold from a ColdArena of `cold_bytes` (0: one warm W). Shapes in `recompute` run
+    the runtime's KV recompute instead: runtime.model.kv_from_x_into with token-major X, K,V written
+    into rows of a token-major buffer (no RoPE: the planner's recompute cost is the GEMM)."""
     import torch
+    import torch.nn.functional as F
+
+    from runtime import model as M
 
     timer = Timer(device)
     tdtype = _torch_dtype(dtype)
     gen = torch.Generator(device="cpu").manual_seed(0)
+    elem = torch.empty(0, dtype=tdtype).element_size()
+    largest = max((n * k * elem for _, n, k in shapes), default=elem)
+    arena = ColdArena(max(cold_bytes, 2 * largest), dtype, device) if cold_bytes else None
+    plain = M.Arch(1, 1, 1, 1, True, False, 1e4, False, 1e-5)
 
     def measure(shape: tuple[int, int, int]) -> list[float]:
         m, n, k = shape
-        a = torch.randn(m, k, generator=gen).to(device=device, dtype=tdtype)
-        b = torch.randn(k, n, generator=gen).to(device=device, dtype=tdtype)
-        out = torch.empty(m, n, device=device, dtype=tdtype)
-        t = timer.sample_s(lambda: torch.matmul(a, b, out=out), reps)
+        warm = torch.randn(n, k, generator=gen).to(device=device, dtype=tdtype)
+
+        def weight():
+            return arena.take((n, k)) if arena is not None else warm
+
+        if shape in recompute:  # one GPU batch of m tokens: X [1, m, k] seen token-major as [m, 1, k]
+            x_tm = torch.randn(1, m, k, generator=gen).to(device=device, dtype=tdtype).transpose(0, 1)
+            out = torch.empty(m, 1, n, device=device, dtype=tdtype)
+            t = timer.sample_s(lambda: M.kv_from_x_into(plain, {"wkv": weight()}, x_tm, None, out), reps)
+        else:
+            a = torch.randn(m, k, generator=gen).to(device=device, dtype=tdtype)
+            t = timer.sample_s(lambda: F.linear(a, weight()), reps)
         return [m, n, k, t]
 
     with torch.inference_mode():
@@ -77,31 +144,35 @@ def gemm_samples(
     return SampleSet(["m", "n", "k", "time_s"], rows, skipped)
 
 
-def decode_attention(q, k, v):
-    """softmax(q K^T / sqrt(d)) V for one new token per sequence with grouped KV heads (GQA):
-    q (b, kv_heads, group, d), k and v (b, kv_heads, context, d). K and V are read once each."""
-    import torch
-
-    scores = torch.matmul(q, k.transpose(-1, -2)) * (q.shape[-1] ** -0.5)
-    return torch.matmul(torch.softmax(scores, dim=-1), v)
-
-
 def attention_samples(
     shapes: Sequence[tuple[int, int, int, int, int]], dtype: str, device: str, reps: Repeats, budget_s: float,
-    progress: Progress | None = None,
+    progress: Progress | None = None, cold_bytes: int = 0,
 ) -> SampleSet:
+    """One new token per sequence attending over `context` keys: runtime.model.attention on the
+    runtime's token-major K,V buffer [context, batch, 2*kv_dim] (K heads then V heads per row), seen
+    as [batch, context, 2*kv_dim] like GatherBuffer.rows_view; the buffer is cold (ColdArena)."""
     import torch
+
+    from runtime import model as M
 
     timer = Timer(device)
     tdtype = _torch_dtype(dtype)
+    elem = torch.empty(0, dtype=tdtype).element_size()
+    largest = max((b * s * 2 * kvh * hd * elem for b, s, _, kvh, hd in shapes), default=elem)
+    arena = ColdArena(max(cold_bytes, 2 * largest), dtype, device) if cold_bytes else None
 
     def measure(shape: tuple[int, int, int, int, int]) -> list[float]:
         batch, context, heads, kv_heads, head_dim = shape
-        group = heads // kv_heads
-        q = torch.randn(batch, kv_heads, group, head_dim, device=device, dtype=tdtype)
-        k = torch.randn(batch, kv_heads, context, head_dim, device=device, dtype=tdtype)
-        v = torch.randn(batch, kv_heads, context, head_dim, device=device, dtype=tdtype)
-        t = timer.sample_s(lambda: decode_attention(q, k, v), reps)
+        arch = M.Arch(heads * head_dim, heads, kv_heads, head_dim, True, False, 1e4, False, 1e-5)
+        q = torch.randn(batch, heads, 1, head_dim, device=device, dtype=tdtype)
+        rows = (context, batch, 2 * kv_heads * head_dim)
+        warm = None if arena is not None else torch.randn(*rows, device=device, dtype=tdtype)
+
+        def run():
+            buf = arena.take(rows) if arena is not None else warm
+            return M.attention(arch, q, buf.transpose(0, 1), causal=False)
+
+        t = timer.sample_s(run, reps)
         return [batch, context, heads, kv_heads, head_dim, t]
 
     with torch.inference_mode():

@@ -5,6 +5,12 @@ Method: O_DIRECT on a page-aligned buffer (an anonymous mmap is page aligned) wi
 sizes. Where the file system refuses O_DIRECT (tmpfs, some overlay and network file systems), the
 fallback writes with fsync and drops the file's pages with posix_fadvise(DONTNEED) before every
 timed read; the profile records which method was used ("o_direct" or "fadvise_dontneed").
+
+The runtime's situation (docs/profiling.md, "disk under load"): while the disk worker reads K,V the
+compute thread runs GEMMs and attention on the same cores and memory bus, so `disk_samples` can time
+the transfers with a compute loop running on another thread (`busy`); and the runtime's write-back
+is a small write (one token's K,V or X) appended to a preallocated file, which
+`writeback_samples` times through the runtime's own runtime.tiers.DiskFile.
 """
 
 from __future__ import annotations
@@ -14,8 +20,10 @@ import mmap
 import os
 import shutil
 import tempfile
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from planner.errors import KvplanError
@@ -102,10 +110,74 @@ def _time_size(fd: int, view: memoryview, size: int, method: str, reps: Repeats)
     return wtimes, rtimes
 
 
+@contextmanager
+def busy_thread(work: Callable[[], object] | None) -> Iterator[None]:
+    """Run `work` in a loop on another thread for the duration (torch ops release the GIL, so it
+    really computes while this thread does I/O); nothing when `work` is None."""
+    if work is None:
+        yield
+        return
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            work()
+
+    thread = threading.Thread(target=loop, name="kvplan-probe-compute", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def writeback_samples(
+    disk_dir: Path, sizes: Sequence[int], reps: Repeats, budget_s: float, busy: Callable[[], object] | None = None,
+) -> SampleSet:
+    """The runtime's write-back: `size` bytes appended at successive (unaligned) offsets of a
+    preallocated file through runtime.tiers.DiskFile.write (page read-modify-write kept in its tail
+    cache, O_DIRECT pwrite), as the executor writes each new token's K,V or X; lower quartile of the
+    calls per size, optionally with a compute loop running (`busy`)."""
+    import torch
+
+    from runtime.tiers import DiskFile
+
+    calls = max(reps.min_reps, 8)
+    rows: list[list[float]] = []
+    start = time.perf_counter()
+    path = disk_dir / (PROBE_FILE + "-writeback")
+    total = sum(calls * (s + PAGE) for s in sizes) + PAGE
+    f = None
+    try:
+        f = DiskFile(path, total)
+        offset = 0
+        with busy_thread(busy):
+            for size in sizes:
+                if rows and time.perf_counter() - start > budget_s:
+                    break
+                data = torch.full((size,), 7, dtype=torch.uint8)
+                times = []
+                for _ in range(calls):
+                    t0 = time.perf_counter()
+                    f.write(offset, data, 0)
+                    times.append(time.perf_counter() - t0)
+                    offset += size
+                rows.append([float(size), lower_quartile(times)])
+    except OSError as exc:
+        raise KvplanError(f"write-back probe on {disk_dir} failed: {exc.strerror or exc}") from exc
+    finally:
+        if f is not None:
+            f.close()
+    return SampleSet(["bytes", "time_s"], rows, len(sizes) - len(rows))
+
+
 def disk_samples(
-    disk_dir: Path, sizes: Sequence[int], reps: Repeats, budget_s: float, progress: Progress | None = None
+    disk_dir: Path, sizes: Sequence[int], reps: Repeats, budget_s: float, progress: Progress | None = None,
+    busy: Callable[[], object] | None = None,
 ) -> tuple[SampleSet, SampleSet, str]:
-    """(reads, writes, method). Sizes are rounded up to whole pages."""
+    """(reads, writes, method). Sizes are rounded up to whole pages. With `busy`, every transfer is
+    timed while another thread runs `busy` in a loop (the runtime's compute beside its disk worker)."""
     sizes = [max(PAGE, -(-s // PAGE) * PAGE) for s in sizes]
     largest = max(sizes)
     path = disk_dir / PROBE_FILE
@@ -122,15 +194,16 @@ def disk_samples(
         _write_all(fd, view, 0)  # the file the reads come from
         os.fsync(fd)
         best: dict[int, tuple[float, float]] = {}
-        for _ in range(max(reps.passes, 1)):  # the fastest pass of each size, as in compute._budgeted
-            for size in sizes:
-                if time.perf_counter() - start <= budget_s:
-                    wtimes, rtimes = _time_size(fd, view, size, method, reps)
-                    w, r = lower_quartile(wtimes), lower_quartile(rtimes)
-                    old = best.get(size)
-                    best[size] = (w, r) if old is None else (min(w, old[0]), min(r, old[1]))
-                if progress:
-                    progress(1)
+        with busy_thread(busy):
+            for _ in range(max(reps.passes, 1)):  # the fastest pass of each size, as in compute._budgeted
+                for size in sizes:
+                    if time.perf_counter() - start <= budget_s:
+                        wtimes, rtimes = _time_size(fd, view, size, method, reps)
+                        w, r = lower_quartile(wtimes), lower_quartile(rtimes)
+                        old = best.get(size)
+                        best[size] = (w, r) if old is None else (min(w, old[0]), min(r, old[1]))
+                    if progress:
+                        progress(1)
         writes = [[size, best[size][0]] for size in sizes if size in best]
         reads = [[size, best[size][1]] for size in sizes if size in best]
         skipped = len(sizes) - len(best)

@@ -24,6 +24,10 @@ ProgressFactory = Callable[[str, int], Callable[[int], None]]
 
 DEFAULT_DISK_DIR = Path(tempfile.gettempdir()) / "kvplan-kvcache"
 OPTIONAL_FITS = ("link.disk_to_device",)
+# samples kept for readers (and refits) but not fitted: the disk with nothing else running
+NOT_FITTED = ("link.disk_read_idle", "link.disk_write_idle")
+BUSY_ARENA_BYTES = 256 << 20  # the compute loop beside the disk probe streams this many bytes of weights
+WARM_GEMM_SHARE = 0.3  # of the GEMM budget, on top of it, for the warm-weight GEMM samples
 
 
 def default_output_path(device: system.DeviceInfo) -> Path:
@@ -49,6 +53,29 @@ def _link_entry(samples: SampleSet) -> dict[str, float]:
     small_b, small_t = rows[0]
     latency = max(0.0, small_t - small_b / rate)
     return {"gb_per_s": round(rate / 1e9, 4), "latency_s": round(latency, 9)}
+
+
+def _busy_work(arena_bytes: int) -> Callable[[], object]:
+    """One round of a compute loop like a decode step's, run beside the disk probe so the disk is
+    measured as the runtime meets it: decode attention over a cold 12 MB token-major K,V buffer
+    (runtime.model.attention) and a skinny GEMM over cold weights. Measured here (docs/profiling.md):
+    O_DIRECT reads of 12 MB ran at 2.9 GB/s alone, 2.5 GB/s beside this loop, 1.6 GB/s beside
+    GEMMs only; the runtime achieved 2.4 GB/s."""
+    import torch
+    import torch.nn.functional as F
+
+    from runtime import model as M
+
+    arena = compute.ColdArena(arena_bytes, "float32", "cpu")
+    x = arena.data[:16 * 2048].view(16, 2048).clone()
+    arch = M.Arch(768, 12, 12, 64, True, False, 1e4, False, 1e-5)  # opt-125m's attention shape
+    q = torch.randn(1, 12, 1, 64)
+
+    def step() -> None:
+        M.attention(arch, q, arena.take((2048, 1, 1536)).transpose(0, 1), causal=False)
+        F.linear(x, arena.take((2048, 2048)))
+
+    return step
 
 
 def _fit(family: str, samples: SampleSet, dtype_bytes: int = 1) -> dict[str, Any]:
@@ -101,21 +128,33 @@ def _measure(mode: str | Mode, disk_dir: str | Path | None, force_cpu: bool,
     dev = device.type  # torch device string
     samples: dict[str, SampleSet] = {}
     reps = m.repeats
+    llc_bytes = system.last_level_cache_bytes()
+    cold_cap = min(m.cold_max_bytes, system.available_memory_bytes() // 8)
+    cold_bytes = compute.arena_bytes(llc_bytes, 0, cold_cap)
 
     def bar(label: str, items: int) -> Callable[[int], None]:
         return progress(label, items * max(reps.passes, 1))
 
     # -- compute on the device ---------------------------------------------------------------
     gemm_shapes = shapes.gemm_shapes(m)
+    recompute = shapes.recompute_shapes(m)
     for dtype in m.dtypes:
         budget = m.budget_s["gemm"] / len(m.dtypes)
         samples[f"gemm.device.{dtype}"] = compute.gemm_samples(
-            gemm_shapes, dtype, dev, reps, budget, bar(f"GEMM {dtype} on {dev}", len(gemm_shapes)))
+            gemm_shapes, dtype, dev, reps, budget, bar(f"GEMM {dtype} on {dev}", len(gemm_shapes)),
+            cold_bytes=cold_bytes, recompute=recompute)
+    # the same projections with warm weights (one matrix reused): a layer's 2nd..nb-th GPU batch
+    # finds its weights in cache (layer_time.layer_op_times_s `reuse`); float32 only, a share of the budget
+    warm_dtype = m.dtypes[0]
+    samples[f"gemm_warm.device.{warm_dtype}"] = compute.gemm_samples(
+        gemm_shapes, warm_dtype, dev, reps, m.budget_s["gemm"] * WARM_GEMM_SHARE,
+        bar(f"GEMM {warm_dtype} on {dev}, warm weights", len(gemm_shapes)), cold_bytes=0, recompute=recompute)
     att_shapes = shapes.attention_shapes(m)
     for dtype in m.dtypes:
         budget = m.budget_s["attention"] / len(m.dtypes)
         samples[f"attention.device.{dtype}"] = compute.attention_samples(
-            att_shapes, dtype, dev, reps, budget, bar(f"attention {dtype} on {dev}", len(att_shapes)))
+            att_shapes, dtype, dev, reps, budget, bar(f"attention {dtype} on {dev}", len(att_shapes)),
+            cold_bytes=cold_bytes)
     ew = shapes.elementwise_shapes(m)
     samples["elementwise.device"] = compute.elementwise_samples(
         ew, dev, reps, m.budget_s["elementwise"], bar(f"MLP activation on {dev}", len(ew)))
@@ -126,9 +165,11 @@ def _measure(mode: str | Mode, disk_dir: str | Path | None, force_cpu: bool,
         for dtype in cpu_dtypes:
             budget = m.budget_s["cpu"] / (2 * len(cpu_dtypes))
             samples[f"gemm.cpu.{dtype}"] = compute.gemm_samples(
-                gemm_shapes, dtype, "cpu", reps, budget, bar(f"GEMM {dtype} on cpu", len(gemm_shapes)))
+                gemm_shapes, dtype, "cpu", reps, budget, bar(f"GEMM {dtype} on cpu", len(gemm_shapes)),
+                cold_bytes=cold_bytes)
             samples[f"attention.cpu.{dtype}"] = compute.attention_samples(
-                att_shapes, dtype, "cpu", reps, budget, bar(f"attention {dtype} on cpu", len(att_shapes)))
+                att_shapes, dtype, "cpu", reps, budget, bar(f"attention {dtype} on cpu", len(att_shapes)),
+                cold_bytes=cold_bytes)
 
     # -- links -------------------------------------------------------------------------------
     mem_sizes = shapes.transfer_sizes(m, m.link_max_bytes)
@@ -139,8 +180,20 @@ def _measure(mode: str | Mode, disk_dir: str | Path | None, force_cpu: bool,
                                         ("h2d_pageable", "h2d", False), ("d2h_pageable", "d2h", False)):
             samples[f"link.{name}"] = links.cuda_copy_samples(
                 direction, pinned, mem_sizes, reps, m.budget_s["link"] / 6, bar(name, len(mem_sizes)))
+    # the disk alone (kept as samples), then as the runtime meets it: a compute thread beside the
+    # disk worker, and small write-backs appended through the runtime's DiskFile (disk.py docstring)
+    budget = m.budget_s["disk"]
+    idle_r, idle_w, method = disk.disk_samples(
+        disk_path, disk_sizes, reps, budget / 4, bar(f"disk alone ({disk_path})", len(disk_sizes)))
+    samples["link.disk_read_idle"], samples["link.disk_write_idle"] = idle_r, idle_w
+    busy = _busy_work(min(BUSY_ARENA_BYTES, cold_cap)) if dev == "cpu" else None  # GPU: CPU is free
     reads, writes, method = disk.disk_samples(
-        disk_path, disk_sizes, reps, m.budget_s["disk"], bar(f"disk read+write ({disk_path})", len(disk_sizes)))
+        disk_path, disk_sizes, reps, budget / 2, bar(f"disk beside compute ({disk_path})", len(disk_sizes)),
+        busy=busy)
+    small = disk.writeback_samples(disk_path, m.small_write_sizes, reps, budget / 4, busy=busy)
+    cut = max(m.small_write_sizes)
+    writes = SampleSet(writes.columns, sorted(small.rows + [r for r in writes.rows if r[0] > cut]),
+                       writes.skipped + small.skipped)
     samples["link.disk_read"], samples["link.disk_write"] = reads, writes
     if dev == "cuda":
         samples["link.disk_to_device"] = disk.disk_to_device_samples(disk_path, disk_sizes, reps,
@@ -150,21 +203,21 @@ def _measure(mode: str | Mode, disk_dir: str | Path | None, force_cpu: bool,
     advance = progress("fitting cost models", len(samples))
     models: dict[str, dict[str, Any]] = {}
     for key, s in samples.items():
-        family = key.split(".")[0]
+        family = "gemm" if key.startswith("gemm_warm.") else key.split(".")[0]
         dtype_bytes = DTYPE_BYTES.get(key.split(".")[-1], 1)
-        if key in OPTIONAL_FITS and len(s.rows) < 3:
+        if key in NOT_FITTED or (key in OPTIONAL_FITS and len(s.rows) < 3):
             continue  # an extra the planner does not need; its samples stay in the profile
         models[key] = _fit(family, s, dtype_bytes)
         advance(1)
 
     return _assemble(m, device, disk_path, disk_free, method, samples, models, torch.__version__,
-                     torch.get_num_threads(), load_at_start)
+                     torch.get_num_threads(), load_at_start, llc_bytes, cold_bytes)
 
 
 def _assemble(
     m: Mode, device: system.DeviceInfo, disk_path: Path, disk_free: int, disk_method: str,
     samples: dict[str, SampleSet], models: dict[str, dict[str, Any]], torch_version: str, threads: int,
-    load_at_start: float | None = None,
+    load_at_start: float | None = None, llc_bytes: int | None = None, cold_bytes: int | None = None,
 ) -> dict[str, Any]:
     cpu_only = device.type == "cpu"
     peak = {d: round(_rate_tflops(samples[f"gemm.device.{d}"]), 6) for d in m.dtypes}
@@ -218,6 +271,10 @@ def _assemble(
             "torch_threads": threads,
             "load_average_at_start": load_at_start,
             "cpu_clock": cpu_clock(),
+            "last_level_cache_bytes": llc_bytes,
+            "cold_arena_bytes": cold_bytes,
+            "disk_note": "link.disk_read/disk_write measured beside a compute thread (the runtime's situation); "
+                         "small writes through runtime.tiers.DiskFile; *_idle samples: the disk alone",
             "disk_method": disk_method,
             "peak_tflops_note": "best achieved rate over the probed GEMM shapes, not a datasheet peak",
             "memory_gb_per_s_note": "2 x the sustained copy rate (a copy reads and writes every byte)",

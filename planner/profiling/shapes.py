@@ -38,6 +38,19 @@ def gemm_shapes(mode: Mode) -> list[tuple[int, int, int]]:
     return sorted(shapes, key=lambda s: (s[0] * s[1] * s[2], s))
 
 
+def recompute_shapes(mode: Mode) -> frozenset[tuple[int, int, int]]:
+    """The (m, n, k) among gemm_shapes that are KV recomputes (X times the fused [W_k W_v]); the probe
+    runs these through the runtime's recompute kernel. A shape that is also a projection of another
+    model is timed as a recompute: the same GEMM, in the layout the recompute needs."""
+    out: set[tuple[int, int, int]] = set()
+    models = _models(mode.gemm_models)
+    for i, model in enumerate(models):
+        for tokens in _staggered(mode.gemm_tokens, i, len(models)):
+            g = recompute_gemm(model, tokens)
+            out.add((g.m, g.n, g.k))
+    return frozenset(out)
+
+
 def attention_shapes(mode: Mode) -> list[tuple[int, int, int, int, int]]:
     """(batch, context, heads, kv_heads, head_dim) of one decode step's attention."""
     shapes: set[tuple[int, int, int, int, int]] = set()

@@ -132,3 +132,36 @@ def load_average() -> float | None:
         return round(os.getloadavg()[0], 2)
     except (OSError, AttributeError):
         return None
+
+
+LLC_FALLBACK_BYTES = 64 << 20  # when neither sysfs nor lscpu says: larger than most server L3 slices
+
+
+def last_level_cache_bytes() -> int:
+    """Size of the largest (last-level) cache of cpu0, from /sys/devices/system/cpu/cpu0/cache, else
+    `lscpu -B`, else LLC_FALLBACK_BYTES. Cold-weight probes rotate over more bytes than this."""
+    best = 0
+    root = "/sys/devices/system/cpu/cpu0/cache"
+    try:
+        for entry in sorted(os.listdir(root)):
+            if not entry.startswith("index"):
+                continue
+            with open(os.path.join(root, entry, "size"), encoding="ascii") as fh:
+                text = fh.read().strip()
+            units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+            mult = units.get(text[-1:].upper(), 1)
+            best = max(best, int(text.rstrip("KkMmGg")) * mult)
+    except (OSError, ValueError):
+        best = 0
+    if best:
+        return best
+    try:
+        import subprocess
+
+        out = subprocess.run(["lscpu", "-B"], capture_output=True, text=True, timeout=5, check=False).stdout
+        for line in out.splitlines():
+            if re.match(r"L[23] cache:", line):
+                best = max(best, int(line.split(":", 1)[1].split()[0]))
+    except (OSError, ValueError, subprocess.SubprocessError):
+        pass
+    return best or LLC_FALLBACK_BYTES

@@ -7,10 +7,12 @@ thread, never shortened, so the lower quartile is the reproducible "time when th
 machine", close to the median on an idle machine (Python's timeit docs make the same argument for
 the minimum).
 
-Clock on the CPU: with one torch thread the op runs entirely on the calling thread, so its CPU time
-(`time.thread_time`, CLOCK_THREAD_CPUTIME_ID) is the time it takes when it has a core, and time
-spent descheduled by other processes on a shared machine does not count. With several threads the
-CPU time would sum over threads, so wall time (`time.perf_counter`) is used."""
+Clock on the CPU: wall time (`time.perf_counter`) of the op on the calling thread, the clock the
+runtime uses for its busy time (runtime/measure.py), so a profile predicts what `kvplan execute`
+measures. (Until the validation round of docs/validation.md the single-thread probes used the
+thread's CPU time, which leaves out time spent descheduled or stalled behind other work and made
+the profile optimistic against the runtime's wall clock.) The lower quartile keeps bursts of other
+work out of the samples."""
 
 from __future__ import annotations
 
@@ -32,10 +34,8 @@ class Repeats:
 
 
 def cpu_clock() -> str:
-    """"thread_cpu" when torch computes on one thread (see the module docstring), else "wall"."""
-    import torch
-
-    return "thread_cpu" if torch.get_num_threads() == 1 else "wall"
+    """The clock of CPU probes: "wall", like the runtime's busy time (see the module docstring)."""
+    return "wall"
 
 
 class Timer:

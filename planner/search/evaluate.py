@@ -160,9 +160,10 @@ def evaluate(model: ModelConfig, inputs: dict[str, Any], decisions: Decisions, p
         return count * cost.transfer_s(name, nbytes)
 
     # ---- decode step (all layers) ---------------------------------------------------------------
-    ops = layer_op_times_s(cost, model, gb, 1, ctx, dtype, attention_where="device")
+    # the nb GPU batches run a layer back to back: its weights are cold once, then warm (layer_time)
+    ops = layer_op_times_s(cost, model, gb, 1, ctx, dtype, attention_where="device", reuse=nb)
     proj_s = sum(v for k, v in ops.items() if k != "attention")
-    rc_s = recompute_kv_s(cost, model, gb, x_present, dtype)
+    rc_s = recompute_kv_s(cost, model, gb, x_present, dtype, reuse=nb)
     busy = dict.fromkeys(RESOURCES, 0.0)
     busy["compute"] = L * nb * (proj_s + (ops["attention"] if dev_att else 0.0) + rc_s)
     if not dev_att:
