@@ -32,6 +32,10 @@ from planner.profiling.timing import Repeats, lower_quartile
 
 PAGE = 4096
 PROBE_FILE = ".kvplan-disk-probe"
+# Bytes of destination memory the timed reads rotate over: the runtime reads each GPU batch's K,V into
+# its own gather buffer, two pipeline slots deep (runtime/executor.py), e.g. 200 MB for opt-125m at
+# seq 2048, batch 8 (docs/validation.md, "Disk reads").
+READ_DEST_BYTES = 256 << 20
 
 
 def check_disk_dir(path: Path, need_bytes: int) -> int:
@@ -88,15 +92,20 @@ def _read_all(fd: int, view: memoryview, offset: int) -> None:
 
 
 def _time_size(fd: int, view: memoryview, size: int, method: str, reps: Repeats,
-               file_bytes: int | None = None) -> tuple[list[float], list[float]]:
+               file_bytes: int | None = None, dest: memoryview | None = None) -> tuple[list[float], list[float]]:
     """Writes, then reads, of `size` bytes, warmup + max(min_reps, 4) of each; (write times, read
     times). The reads run back to back over successive chunks of the file (wrapping within
     `file_bytes`), as the runtime's disk worker streams one GPU batch's K,V after another: on this
     VM's virtual disk an isolated 12 MB read ran at 2.7 GB/s but a stream of them at 2.1 GB/s, the
-    sustained rate (docs/profiling.md)."""
+    sustained rate (docs/profiling.md). Each read lands in the next `size`-byte slot of `dest` (default:
+    `view`), as the runtime's reads land in a different gather buffer per GPU batch and pipeline slot:
+    reading into one reused buffer measured 1.1-1.5x faster than rotating over 200 MB of destinations
+    on this VM (docs/validation.md, "Disk reads")."""
     wtimes, rtimes = [], []
     count = reps.warmup + max(reps.min_reps, 4)
     span = max(size, (file_bytes or size) // size * size)
+    dest = view if dest is None else dest
+    slots = max(1, len(dest) // size)
     with view[:size] as part:
         for i in range(count):
             t0 = time.perf_counter()
@@ -108,8 +117,10 @@ def _time_size(fd: int, view: memoryview, size: int, method: str, reps: Repeats,
         if method != "o_direct":
             _drop_cache(fd)
         for i in range(count):
+            k = i % slots
             t2 = time.perf_counter()
-            _read_all(fd, part, (i * size) % span)
+            with dest[k * size:(k + 1) * size] as slot:
+                _read_all(fd, slot, (i * size) % span)
             t3 = time.perf_counter()
             if method != "o_direct":
                 _drop_cache(fd)
@@ -192,6 +203,11 @@ def disk_samples(
     buf = mmap.mmap(-1, largest)
     view = memoryview(buf)
     buf.write(os.urandom(min(largest, 1 << 20)) * (largest // min(largest, 1 << 20)))
+    # where the reads land: a page-aligned arena of at least READ_DEST_BYTES, touched once so that page
+    # faults stay out of the timings (the runtime's gather buffers are faulted in after its first step)
+    arena = mmap.mmap(-1, max(largest, READ_DEST_BYTES))
+    dest = memoryview(arena)
+    dest[::PAGE] = bytes(len(dest[::PAGE]))
     reads: list[list[float]] = []
     writes: list[list[float]] = []
     skipped = 0
@@ -206,7 +222,7 @@ def disk_samples(
             for _ in range(max(reps.passes, 1)):  # the fastest pass of each size, as in compute._budgeted
                 for size in sizes:
                     if time.perf_counter() - start <= budget_s:
-                        wtimes, rtimes = _time_size(fd, view, size, method, reps, largest)
+                        wtimes, rtimes = _time_size(fd, view, size, method, reps, largest, dest)
                         w, r = lower_quartile(wtimes), lower_quartile(rtimes)
                         old = best.get(size)
                         best[size] = (w, r) if old is None else (min(w, old[0]), min(r, old[1]))
@@ -224,6 +240,8 @@ def disk_samples(
             os.close(fd)
         view.release()
         buf.close()
+        dest.release()
+        arena.close()
         try:
             path.unlink()
         except OSError:
