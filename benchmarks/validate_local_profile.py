@@ -54,7 +54,9 @@ def child(spec_path: Path, out_path: Path) -> None:
     mode = get_mode(spec["mode"])
     out = {"gemm": {}}
     for dtype in spec["dtypes"]:
-        s = compute.gemm_samples([tuple(x) for x in spec["shapes"]], dtype, "cpu", mode.repeats, 1e9)
+        # cold weights from an arena as large as the profile's, as the probes and the runtime see them
+        s = compute.gemm_samples([tuple(x) for x in spec["shapes"]], dtype, "cpu", mode.repeats, 1e9,
+                                 cold_bytes=spec["cold_bytes"])
         out["gemm"][dtype] = s.rows
     reads, writes, method = disk.disk_samples(Path(spec["disk_dir"]), spec["disk_sizes"], mode.repeats, 1e9)
     out.update({"disk_read": reads.rows, "disk_write": writes.rows, "disk_method": method})
@@ -86,7 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         spec, out = Path(tmp) / "spec.json", Path(tmp) / "out.json"
         threads = int(profile.data.get("measurement", {}).get("torch_threads", 0)) or os.cpu_count() or 1
+        cold_bytes = int(profile.data.get("measurement", {}).get("cold_arena_bytes", 0))
         spec.write_text(json.dumps({"mode": mode, "threads": threads, "dtypes": dtypes, "shapes": shapes,
+                                    "cold_bytes": cold_bytes,
                                     "disk_dir": str(disk_dir), "disk_sizes": list(DISK_SIZES)}))
         subprocess.run([sys.executable, __file__, "--child", str(spec), str(out)], check=True)
         measured = json.loads(out.read_text())
