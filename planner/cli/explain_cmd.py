@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from planner.cli.output import human_bytes
+from planner.cli.solve_cmd import gain_lines
 from planner.errors import KvplanError
 from planner.layer_costs import kv_bytes_per_token, layer_weight_bytes, recompute_saves_bytes, x_bytes_per_token
 from planner.plan import load_plan
@@ -23,10 +24,6 @@ RESOURCE_WORDS = {
     "chain": "KVPR chain: X arrives, then K,V[0:l] are recomputed",
     "disk": "the drive (reads + writes share it)",
 }
-
-
-def _pct(x: float) -> str:
-    return f"{round(x, 1) + 0.0:+.1f}%"
 
 
 def _ms(s: float) -> str:
@@ -138,14 +135,7 @@ def explain_lines(plan_data: dict[str, Any], model, seq: int, prompt: int, gen: 
                            f"{b['throughput_tokens_per_s']:10.2f} tok/s  batch {b['batch']}")
             else:
                 out.append(f"  {name:<14} infeasible: {b.get('reason', '?')}")
-        g = pred.get("gain_over_best_pinned")
-        if g:
-            out.append(f"  this plan vs the best pinned ({g['strategy']}): throughput {_pct(g['throughput_pct'])}, "
-                       f"decode step time {_pct(-g['decode_step_pct'])}")
-        t = pred.get("gain_over_transfer")
-        if t:
-            out.append(f"  this plan vs transfer (FlexGen-style): throughput {_pct(t['throughput_pct'])}, decode step "
-                       f"time {_pct(-t['decode_step_pct'])}")
+        out += [line.replace("  vs ", "  this plan vs ", 1) for line in gain_lines(pred, "  ")]
     for w in plan_data.get("warnings", []):
         out.append(f"Warning: {w}")
     return out

@@ -71,6 +71,17 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{round(x, 1) + 0.0:+.1f}%"  # + 0.0: no "-0.0%"
 
 
+def gain_lines(prediction: dict, indent: str) -> list[str]:
+    """The predicted gains over the best pinned strategy and over transfer-only, one line each."""
+    lines = []
+    for key, label in (("gain_over_best_pinned", None), ("gain_over_transfer", "transfer (FlexGen-style)")):
+        g = prediction.get(key)
+        if g:
+            lines.append(f"{indent}vs {label or 'best pinned (' + g['strategy'] + ')'}: throughput "
+                         f"{_pct(g['throughput_pct'])}, decode step {_pct(-g['decode_step_pct'])}")
+    return lines
+
+
 def summary_lines(plan: dict) -> list[str]:
     d, p = plan["decisions"], plan["prediction"]
     seq = plan["inputs"]["seq"]
@@ -85,14 +96,7 @@ def summary_lines(plan: dict) -> list[str]:
         f"  decode step {p['decode_step_s'] * 1e3:.2f} ms (bound by {p['timeline']['bound_by']}), prefill "
         f"{p['prefill_s']:.3f} s, throughput {p['throughput_tokens_per_s']:.1f} tok/s",
     ]
-    g = p.get("gain_over_best_pinned")
-    if g:
-        lines.append(f"  vs best pinned ({g['strategy']}): throughput {_pct(g['throughput_pct'])}, decode step "
-                     f"{_pct(-g['decode_step_pct'])}")
-    t = p.get("gain_over_transfer")
-    if t:
-        lines.append(f"  vs transfer (FlexGen-style): throughput {_pct(t['throughput_pct'])}, decode step "
-                     f"{_pct(-t['decode_step_pct'])}")
+    lines += gain_lines(p, "  ")
     lb = plan["lower_bound"]
     if lb.get("distance") is not None:
         lines.append(f"  lower bound {lb['step_s'] * 1e3:.2f} ms ({lb['bound_by']}); plan at {lb['distance']:.2f}x")
