@@ -91,6 +91,16 @@ def _minor_label(value: float, _pos: int = 0) -> str:
     return _num_label(value) if lead in (2.0, 5.0) else ""
 
 
+def _model_panels(models: list[str]) -> tuple[Figure, list[tuple[str, object]]]:
+    """One panel per model, three to a row; returns the figure and (model, axes) pairs."""
+    cols, rows = min(len(models), 3), math.ceil(len(models) / 3)
+    fig = Figure(figsize=(4.6 * cols + 0.4, 3.6 * rows), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for k in range(len(models), rows * cols):  # the empty cells of the last row
+        axes[k // 3][k % 3].set_visible(False)
+    return fig, [(model, axes[k // 3][k % 3]) for k, model in enumerate(models)]
+
+
 def _log_y(ax) -> None:
     has_data = any(
         any(isinstance(y, (int, float)) and math.isfinite(y) and y > 0 for y in line.get_ydata())
@@ -178,10 +188,8 @@ def recompute_figure(frame: pd.DataFrame) -> FigureOut | None:
     if all(b.empty for b in best.values()):
         return None
     models = list(frame["model"].drop_duplicates())
-    fig = Figure(figsize=(4.6 * min(len(models), 3) + 0.4, 3.6 * math.ceil(len(models) / 3)), layout="constrained")
-    axes = fig.subplots(math.ceil(len(models) / 3), min(len(models), 3), squeeze=False)
-    for k, model in enumerate(models):
-        ax = axes[k // 3][k % 3]
+    fig, panels = _model_panels(models)
+    for model, ax in panels:
         seqs = sorted(int(s) for s in frame.loc[frame["model"] == model, "seq"].unique())
         for g, gpu in enumerate(frame.loc[frame["model"] == model, "gpu"].drop_duplicates()):
             color = f"C{g % 10}"
@@ -197,13 +205,11 @@ def recompute_figure(frame: pd.DataFrame) -> FigureOut | None:
         ax.grid(True, alpha=0.3)
         _seq_axis(ax, seqs)
     handles: dict[str, object] = {}
-    for ax in axes.flat:
+    for _, ax in panels:
         for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
             handles.setdefault(label, handle)
     fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=min(len(handles), 4),
                fontsize=8)
-    for k in range(len(models), axes.shape[0] * axes.shape[1]):
-        axes[k // 3][k % 3].set_visible(False)
     return FigureOut(
         name="recompute-fraction.png",
         title="Chosen recompute fraction vs context",
@@ -279,10 +285,8 @@ def cost_figure(frame: pd.DataFrame) -> FigureOut | None:
         return None
     best = best_rows(priced, ["model", "gpu", "seq"], "cost_usd_per_mtok", largest=False)
     models = list(frame["model"].drop_duplicates())
-    fig = Figure(figsize=(4.6 * min(len(models), 3) + 0.4, 3.6 * math.ceil(len(models) / 3)), layout="constrained")
-    axes = fig.subplots(math.ceil(len(models) / 3), min(len(models), 3), squeeze=False)
-    for k, model in enumerate(models):
-        ax = axes[k // 3][k % 3]
+    fig, panels = _model_panels(models)
+    for model, ax in panels:
         seqs = sorted(int(s) for s in frame.loc[frame["model"] == model, "seq"].unique())
         for gpu in priced.loc[priced["model"] == model, "gpu"].drop_duplicates():
             pts = best[(best["model"] == model) & (best["gpu"] == gpu)].sort_values("seq")
@@ -293,8 +297,6 @@ def cost_figure(frame: pd.DataFrame) -> FigureOut | None:
         ax.grid(True, alpha=0.3)
         _seq_axis(ax, seqs)
         ax.legend(fontsize=8)
-    for k in range(len(models), axes.shape[0] * axes.shape[1]):
-        axes[k // 3][k % 3].set_visible(False)
     return FigureOut(
         name="cost.png",
         title="Cost per million tokens",
