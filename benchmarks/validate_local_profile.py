@@ -47,7 +47,7 @@ def child(spec_path: Path, out_path: Path) -> None:
     """Runs in the fresh process: measure and write the raw samples."""
     import torch
 
-    from planner.profiling import compute, disk
+    from planner.profiling import compute, disk, measure
 
     spec = json.loads(spec_path.read_text())
     torch.set_num_threads(spec["threads"])  # the thread count the profile was measured with
@@ -58,7 +58,17 @@ def child(spec_path: Path, out_path: Path) -> None:
         s = compute.gemm_samples([tuple(x) for x in spec["shapes"]], dtype, "cpu", mode.repeats, 1e9,
                                  cold_bytes=spec["cold_bytes"])
         out["gemm"][dtype] = s.rows
-    reads, writes, method = disk.disk_samples(Path(spec["disk_dir"]), spec["disk_sizes"], mode.repeats, 1e9)
+    # the disk as the profile's link.disk_read / disk_write were measured: beside the same compute loop,
+    # the same rounds and statistic (planner/profiling/disk.py), at sizes the profile did not probe
+    busy = measure._busy_work(min(measure.BUSY_ARENA_BYTES, spec["cold_bytes"] or measure.BUSY_ARENA_BYTES))
+    reads, writes, method = disk.disk_samples(Path(spec["disk_dir"]), spec["disk_sizes"], mode.repeats, 1e9,
+                                              busy=busy)
+    # writes up to the profile's largest write-back size are appends through the runtime's DiskFile,
+    # as link.disk_write's small samples were taken (planner/profiling/measure.py)
+    cut = max(mode.small_write_sizes)
+    small = disk.writeback_samples(Path(spec["disk_dir"]), [s for s in spec["disk_sizes"] if s <= cut],
+                                   mode.repeats, 1e9, busy=busy)
+    writes.rows = sorted(small.rows + [r for r in writes.rows if r[0] > cut])
     out.update({"disk_read": reads.rows, "disk_write": writes.rows, "disk_method": method})
     out_path.write_text(json.dumps(out))
 

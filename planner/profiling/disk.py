@@ -18,7 +18,9 @@ from __future__ import annotations
 import errno
 import mmap
 import os
+import random
 import shutil
+import statistics
 import tempfile
 import threading
 import time
@@ -36,6 +38,9 @@ PROBE_FILE = ".kvplan-disk-probe"
 # its own gather buffer, two pipeline slots deep (runtime/executor.py), e.g. 200 MB for opt-125m at
 # seq 2048, batch 8 (docs/validation.md, "Disk reads").
 READ_DEST_BYTES = 256 << 20
+# rounds over the sizes (at least), and the seed of their order in each round
+DISK_PASSES = 3
+DISK_ORDER_SEED = 20261123
 
 
 def check_disk_dir(path: Path, need_bytes: int) -> int:
@@ -156,8 +161,9 @@ def writeback_samples(
 ) -> SampleSet:
     """The runtime's write-back: `size` bytes appended at successive (unaligned) offsets of a
     preallocated file through runtime.tiers.DiskFile.write (page read-modify-write kept in its tail
-    cache, O_DIRECT pwrite), as the executor writes each new token's K,V or X; lower quartile of the
-    calls per size, optionally with a compute loop running (`busy`)."""
+    cache, O_DIRECT pwrite), as the executor writes each new token's K,V or X; median of the calls
+    per size (the runtime reports a mean; the disk's drift is not one-sided), optionally with a
+    compute loop running (`busy`)."""
     import torch
 
     from runtime.tiers import DiskFile
@@ -182,7 +188,7 @@ def writeback_samples(
                     f.write(offset, data, 0)
                     times.append(time.perf_counter() - t0)
                     offset += size
-                rows.append([float(size), lower_quartile(times)])
+                rows.append([float(size), statistics.median(times)])
     except OSError as exc:
         raise KvplanError(f"write-back probe on {disk_dir} failed: {exc.strerror or exc}") from exc
     finally:
@@ -191,9 +197,14 @@ def writeback_samples(
     return SampleSet(["bytes", "time_s"], rows, len(sizes) - len(rows))
 
 
+def disk_passes(reps: Repeats) -> int:
+    """Rounds over the sizes that `disk_samples` makes by default."""
+    return max(reps.passes, DISK_PASSES)
+
+
 def disk_samples(
     disk_dir: Path, sizes: Sequence[int], reps: Repeats, budget_s: float, progress: Progress | None = None,
-    busy: Callable[[], object] | None = None,
+    busy: Callable[[], object] | None = None, passes: int | None = None,
 ) -> tuple[SampleSet, SampleSet, str]:
     """(reads, writes, method). Sizes are rounded up to whole pages. With `busy`, every transfer is
     timed while another thread runs `busy` in a loop (the runtime's compute beside its disk worker)."""
@@ -217,20 +228,25 @@ def disk_samples(
         fd, method = _open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC)
         _write_all(fd, view, 0)  # the file the reads come from
         os.fsync(fd)
-        best: dict[int, tuple[float, float]] = {}
+        # every size is timed in each of `passes` rounds, the sizes in a different (seeded) order each
+        # round, and the median of all its timed transfers is kept: this virtual disk drifts between
+        # about 1.3 and 2.0 GB/s over tens of seconds (docs/profiling.md, "Disk statistic"), so a size
+        # timed at one moment only, or the fastest of several rounds, would record the disk's mood
+        timed: dict[int, tuple[list[float], list[float]]] = {}
+        order = random.Random(DISK_ORDER_SEED)
         with busy_thread(busy):
-            for _ in range(max(reps.passes, 1)):  # the fastest pass of each size, as in compute._budgeted
-                for size in sizes:
+            for _ in range(passes or disk_passes(reps)):
+                for size in order.sample(sizes, len(sizes)):
                     if time.perf_counter() - start <= budget_s:
                         wtimes, rtimes = _time_size(fd, view, size, method, reps, largest, dest)
-                        w, r = lower_quartile(wtimes), lower_quartile(rtimes)
-                        old = best.get(size)
-                        best[size] = (w, r) if old is None else (min(w, old[0]), min(r, old[1]))
+                        w, r = timed.setdefault(size, ([], []))
+                        w.extend(wtimes)
+                        r.extend(rtimes)
                     if progress:
                         progress(1)
-        writes = [[size, best[size][0]] for size in sizes if size in best]
-        reads = [[size, best[size][1]] for size in sizes if size in best]
-        skipped = len(sizes) - len(best)
+        writes = [[size, statistics.median(timed[size][0])] for size in sizes if size in timed]
+        reads = [[size, statistics.median(timed[size][1])] for size in sizes if size in timed]
+        skipped = len(sizes) - len(timed)
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
             raise KvplanError(f"--disk-dir {disk_dir} filled up during the disk probe") from exc

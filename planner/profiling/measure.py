@@ -27,7 +27,6 @@ OPTIONAL_FITS = ("link.disk_to_device",)
 # samples kept for readers (and refits) but not fitted: the disk with nothing else running
 NOT_FITTED = ("link.disk_read_idle", "link.disk_write_idle")
 BUSY_ARENA_BYTES = 256 << 20  # the compute loop beside the disk probe streams this many bytes of weights
-WARM_GEMM_SHARE = 0.3  # of the GEMM budget, on top of it, for the warm-weight GEMM samples
 
 
 def default_output_path(device: system.DeviceInfo) -> Path:
@@ -143,12 +142,6 @@ def _measure(mode: str | Mode, disk_dir: str | Path | None, force_cpu: bool,
         samples[f"gemm.device.{dtype}"] = compute.gemm_samples(
             gemm_shapes, dtype, dev, reps, budget, bar(f"GEMM {dtype} on {dev}", len(gemm_shapes)),
             cold_bytes=cold_bytes, recompute=recompute)
-    # the same projections with warm weights (one matrix reused): a layer's 2nd..nb-th GPU batch
-    # finds its weights in cache (layer_time.layer_op_times_s `reuse`); float32 only, a share of the budget
-    warm_dtype = m.dtypes[0]
-    samples[f"gemm_warm.device.{warm_dtype}"] = compute.gemm_samples(
-        gemm_shapes, warm_dtype, dev, reps, m.budget_s["gemm"] * WARM_GEMM_SHARE,
-        bar(f"GEMM {warm_dtype} on {dev}, warm weights", len(gemm_shapes)), cold_bytes=0, recompute=recompute)
     att_shapes = shapes.attention_shapes(m)
     for dtype in m.dtypes:
         budget = m.budget_s["attention"] / len(m.dtypes)
@@ -184,11 +177,12 @@ def _measure(mode: str | Mode, disk_dir: str | Path | None, force_cpu: bool,
     # disk worker, and small write-backs appended through the runtime's DiskFile (disk.py docstring)
     budget = m.budget_s["disk"]
     idle_r, idle_w, method = disk.disk_samples(
-        disk_path, disk_sizes, reps, budget / 4, bar(f"disk alone ({disk_path})", len(disk_sizes)))
+        disk_path, disk_sizes, reps, budget / 6, bar(f"disk alone ({disk_path})", len(disk_sizes)), passes=1)
     samples["link.disk_read_idle"], samples["link.disk_write_idle"] = idle_r, idle_w
     busy = _busy_work(min(BUSY_ARENA_BYTES, cold_cap)) if dev == "cpu" else None  # GPU: CPU is free
     reads, writes, method = disk.disk_samples(
-        disk_path, disk_sizes, reps, budget / 2, bar(f"disk beside compute ({disk_path})", len(disk_sizes)),
+        disk_path, disk_sizes, reps, budget * 7 / 12,
+        bar(f"disk beside compute ({disk_path})", disk.disk_passes(reps) * len(disk_sizes)),
         busy=busy)
     small = disk.writeback_samples(disk_path, m.small_write_sizes, reps, budget / 4, busy=busy)
     cut = max(m.small_write_sizes)
@@ -203,7 +197,7 @@ def _measure(mode: str | Mode, disk_dir: str | Path | None, force_cpu: bool,
     advance = progress("fitting cost models", len(samples))
     models: dict[str, dict[str, Any]] = {}
     for key, s in samples.items():
-        family = "gemm" if key.startswith("gemm_warm.") else key.split(".")[0]
+        family = key.split(".")[0]
         dtype_bytes = DTYPE_BYTES.get(key.split(".")[-1], 1)
         if key in NOT_FITTED or (key in OPTIONAL_FITS and len(s.rows) < 3):
             continue  # an extra the planner does not need; its samples stay in the profile
