@@ -336,90 +336,97 @@ class Executor:
             raise KvplanError(f"{steps} steps from position {start} run past the plan's seq {self.s.seq}")
         a = self.arch
         out = []
-        order = [(n, i) for n in range(steps) for i in range(self.V)]
-        cur = tokens.to(self.dev)
+        schedule = [(step, layer) for step in range(steps) for layer in range(self.V)]
+        ids = tokens.to(self.dev)
         self._submit(0, 0, start, 0)
-        for k, (n, i) in enumerate(order):
-            t = start + n
+        for k, (n, i) in enumerate(schedule):
+            t = start + n  # position of this step's new token
             if i == 0:
                 step_start = time.perf_counter()
                 with self.rec.busy(n, -1, "compute"):
-                    pos = torch.tensor([t], device=self.dev)
-                    hs = [M.embed(a, self.outer, cur[j * self.gb:(j + 1) * self.gb, None], pos)
-                          for j in range(self.ngb)]
-            nxt = order[k + 1] if k + 1 < len(order) else None
+                    hidden = M.embed(a, self.outer, ids[:, None], torch.tensor([t], device=self.dev))
+            following = schedule[k + 1] if k + 1 < len(schedule) else None
             # prefetch the next layer's data now, unless it must see this layer's write-back first
-            early = nxt is not None and nxt[1] != i
+            # (the same stored layer again: a run with one stored layer, or the step boundary)
+            early = following is not None and following[1] != i
             if early:
-                self._submit(nxt[0], nxt[1], start + nxt[0], (k + 1) % 2)
-            entry = self.pending.pop((n, i))
-            w = self._ready(entry["w"])
-            pos_new = torch.tensor([t], device=self.dev)
-            att_res = "cpu" if self.d.attention_where == "cpu" else "compute"
-            ad = self.att_dev
-            for j in range(self.ngb):
-                with self.rec.busy(n, i, "compute"):
-                    x_new = M.input_norm(a, w, hs[j])
-                    q = M.query(a, w, x_new, pos_new)
-                    kv_new = M.kv_from_x(a, w, x_new, pos_new)
-                x_parts = [self._ready(p) for p in entry[("x", j)]]
-                kvp = entry[("kv", j)]
-                kv_rec = None
-                if x_parts:
-                    with self.rec.busy(n, i, "compute"):
-                        parts_tm = [p.transpose(0, 1) for p in x_parts]  # token-major [tokens, gb, hidden]
-                        x_tm = torch.cat(parts_tm, dim=0) if len(parts_tm) > 1 else parts_tm[0]
-                        lt = x_tm.shape[0]
-                        pos_rec = torch.arange(lt, device=self.dev)
-                        if "buf" in kvp and kvp["buf"].tensor.device.type == self.dev.type:
-                            # straight into rows [0, lt) of the attention buffer, while K,V[l:t] still
-                            # streams into rows [l, t): the disk read starts at a page boundary (the
-                            # buffer is placed so), so it never touches these rows
-                            M.kv_from_x_into(a, w, x_tm, pos_rec, out=kvp["buf"].tensor[:lt])
-                        else:
-                            kv_rec = M.kv_from_x(a, w, x_tm.transpose(0, 1), pos_rec)
-                wrote = False
-                if "in_place" in kvp:  # resident K,V: append the new token, attend over the store itself
-                    fut = self._write_back(self.kv, n, i, j, t, kv_new)
-                    if fut is not None:  # CPU attention on a GPU machine: the append crossed the link
-                        fut.result()
-                    wrote = True
-                    with self.rec.busy(n, i, att_res):
-                        kv_all = self.kv.read(kvp["in_place"], i % self.L, j, self.l, t + 1, ad)
-                        attn = M.attention(a, q.to(ad), kv_all, causal=False).to(self.dev)
-                else:
-                    for f in kvp["futures"]:
-                        f.result()  # link pieces are now in their rows of the buffer
-                    buf = kvp["buf"]
-                    with self.rec.busy(n, i, att_res):
-                        if kv_rec is not None:
-                            buf.tensor[:kv_rec.shape[1]].copy_(kv_rec.transpose(0, 1))
-                        for sp, lo, hi in kvp["local"]:
-                            buf.tensor[lo:hi].copy_(self.kv.read(sp, i % self.L, j, lo, hi, ad).transpose(0, 1))
-                        buf.tensor[t].copy_(kv_new[:, 0])
-                        attn = M.attention(a, q.to(ad), buf.rows_view(0, t + 1), causal=False).to(self.dev)
-                with self.rec.busy(n, i, "compute"):
-                    hs[j] = M.finish_layer(a, w, hs[j], attn)
-                if t < self.l:
-                    self._write_back(self.x, n, i, j, t, x_new)
-                elif not wrote:
-                    self._write_back(self.kv, n, i, j, t, kv_new)
-            del w, entry
-            if nxt is not None and not early:
-                self._submit(nxt[0], nxt[1], start + nxt[0], (k + 1) % 2)
+                self._submit(following[0], following[1], start + following[0], (k + 1) % 2)
+            hidden = self._decode_layer(n, i, t, self.pending.pop((n, i)), hidden)
+            if following is not None and not early:
+                self._submit(following[0], following[1], start + following[0], (k + 1) % 2)
             self.rec.mark_layer_end(n, i)
             if i == self.V - 1:
                 with self.rec.busy(n, -1, "compute"):
-                    logits = torch.cat([M.head(a, self.outer, h)[:, 0] for h in hs]).float()
-                    if forced is not None and n + 1 < steps:
-                        cur = forced[:, n].to(self.dev)
-                    else:
-                        cur = logits.argmax(-1)
+                    logits = M.head(a, self.outer, hidden)[:, 0].float()
+                    ids = forced[:, n].to(self.dev) if forced is not None and n + 1 < steps else logits.argmax(-1)
                 self.rec.mark_step(n, step_start, time.perf_counter())
-                self.next_tokens = cur  # the inputs of the step after the last one run
+                self.next_tokens = ids  # the inputs of the step after the last one run
                 if keep_logits:
                     out.append(logits.cpu())
         for f in self.writes:
             f.result()
         self.writes.clear()
         return out
+
+    def _decode_layer(self, n: int, i: int, t: int, entry: dict, hidden: torch.Tensor) -> torch.Tensor:
+        """Layer i of step n for the whole batch (hidden: [batch, 1, h]). The projections and the MLP run
+        once over all rows, so the layer's weights are read once per step however many GPU batches
+        there are (FlexGen's reuse of a layer's weights across GPU batches); attention runs per GPU
+        batch over that batch's recomputed, streamed and new K,V."""
+        a = self.arch
+        w = self._ready(entry["w"])
+        with self.rec.busy(n, i, "compute"):
+            pos_new = torch.tensor([t], device=self.dev)
+            x_new = M.input_norm(a, w, hidden)
+            q = M.query(a, w, x_new, pos_new)
+            kv_new = M.kv_from_x(a, w, x_new, pos_new)
+        attn = []
+        for j in range(self.ngb):
+            rows = slice(j * self.gb, (j + 1) * self.gb)
+            attn.append(self._attend(n, i, j, t, w, entry, q[rows], kv_new[rows]))
+            # the new token goes where position t lives: its X inside the recompute range, else its K,V
+            if t < self.l:
+                self._write_back(self.x, n, i, j, t, x_new[rows])
+            elif not attn[-1][1]:
+                self._write_back(self.kv, n, i, j, t, kv_new[rows])
+        with self.rec.busy(n, i, "compute"):
+            return M.finish_layer(a, w, hidden, torch.cat([out for out, _ in attn]))
+
+    def _attend(self, n: int, i: int, j: int, t: int, w: dict[str, torch.Tensor], entry: dict,
+                q: torch.Tensor, kv_new: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        """Attention of GPU batch j over positions [0, t]: K,V[0:l] recomputed from X as soon as X is
+        in, K,V[l:t] streamed (or local), the new token's K,V last. Returns (output [gb, 1, heads*d],
+        whether the new K,V was already stored)."""
+        a, ad = self.arch, self.att_dev
+        resource = "cpu" if self.d.attention_where == "cpu" else "compute"
+        x_parts = [self._ready(p) for p in entry[("x", j)]]
+        plan = entry[("kv", j)]
+        kv_rec = None
+        if x_parts:
+            with self.rec.busy(n, i, "compute"):
+                x_tm = torch.cat([p.transpose(0, 1) for p in x_parts])  # token-major [tokens, gb, hidden]
+                recomputed = x_tm.shape[0]
+                pos_rec = torch.arange(recomputed, device=self.dev)
+                if "buf" in plan and plan["buf"].tensor.device.type == self.dev.type:
+                    # straight into rows [0, l) of the attention buffer while K,V[l:t] still streams into
+                    # rows [l, t): that read starts at a page boundary (the buffer is placed so)
+                    M.kv_from_x_into(a, w, x_tm, pos_rec, out=plan["buf"].tensor[:recomputed])
+                else:
+                    kv_rec = M.kv_from_x(a, w, x_tm.transpose(0, 1), pos_rec)
+        if "in_place" in plan:  # resident K,V: append the new token, attend over the store itself
+            fut = self._write_back(self.kv, n, i, j, t, kv_new)
+            if fut is not None:  # CPU attention on a GPU machine: the append crossed the link
+                fut.result()
+            with self.rec.busy(n, i, resource):
+                kv_all = self.kv.read(plan["in_place"], i % self.L, j, self.l, t + 1, ad)
+                return M.attention(a, q.to(ad), kv_all, causal=False).to(self.dev), True
+        for f in plan["futures"]:
+            f.result()  # the streamed pieces are now in their rows of the buffer
+        buf = plan["buf"]
+        with self.rec.busy(n, i, resource):
+            if kv_rec is not None:
+                buf.tensor[:kv_rec.shape[1]].copy_(kv_rec.transpose(0, 1))
+            for sp, lo, hi in plan["local"]:
+                buf.tensor[lo:hi].copy_(self.kv.read(sp, i % self.L, j, lo, hi, ad).transpose(0, 1))
+            buf.tensor[t].copy_(kv_new[:, 0])
+            return M.attention(a, q.to(ad), buf.rows_view(0, t + 1), causal=False).to(self.dev), False

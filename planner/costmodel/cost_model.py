@@ -77,17 +77,15 @@ class CostModel:
         return f"fitted:{fitted.label(model)}" if model else "roofline"
 
     # -- queries -----------------------------------------------------------------------------
-    def gemm_s(self, gemm: Gemm, dtype: str, where: str = "device", warm: bool = False) -> float:
-        """A projection with its weights streamed from memory (the first use in a decode step), or
-        with `warm` weights just used by the previous GPU batch of the same layer: the profile's
-        "gemm_warm" model when it has one (docs/cost-models.md), else the same as cold."""
+    def gemm_s(self, gemm: Gemm, dtype: str, where: str = "device") -> float:
+        """A projection with its weights streamed from memory (cold: the runtime reads a layer's
+        weights once per decode step, docs/cost-models.md)."""
         self._check(where)
         if gemm.m <= 0:
             return 0.0
-        family = "gemm_warm" if warm and self.fitted_model("gemm_warm", where, dtype) is not None else "gemm"
-        model = self.fitted_model(family, where, dtype)
+        model = self.fitted_model("gemm", where, dtype)
         if model is not None:
-            return self._fitted_s(self._key(family, where, dtype), model, (gemm.m, gemm.n, gemm.k))
+            return self._fitted_s(self._key("gemm", where, dtype), model, (gemm.m, gemm.n, gemm.k))
         return roofline.gemm_time_s(
             gemm.m, gemm.n, gemm.k, DTYPE_BYTES[dtype], self._peak_tflops(dtype, where),
             self._memory_gb_per_s(where), self.efficiency,

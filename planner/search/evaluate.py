@@ -160,12 +160,14 @@ def evaluate(model: ModelConfig, inputs: dict[str, Any], decisions: Decisions, p
         return count * cost.transfer_s(name, nbytes)
 
     # ---- decode step (all layers) ---------------------------------------------------------------
-    # the nb GPU batches run a layer back to back: its weights are cold once, then warm (layer_time)
-    ops = layer_op_times_s(cost, model, gb, 1, ctx, dtype, attention_where="device", reuse=nb)
+    # per layer the projections and the MLP run once over all b rows (the runtime's decode loop: the
+    # layer's weights are read once per step), recompute and attention once per GPU batch
+    ops = layer_op_times_s(cost, model, b, 1, ctx, dtype, attention_where="device")
     proj_s = sum(v for k, v in ops.items() if k != "attention")
-    rc_s = recompute_kv_s(cost, model, gb, x_present, dtype, reuse=nb)
+    att_s = cost.attention_s(model, gb, 1, ctx, dtype, where="device")
+    rc_s = recompute_kv_s(cost, model, gb, x_present, dtype)
     busy = dict.fromkeys(RESOURCES, 0.0)
-    busy["compute"] = L * nb * (proj_s + (ops["attention"] if dev_att else 0.0) + rc_s)
+    busy["compute"] = L * (proj_s + nb * ((att_s if dev_att else 0.0) + rc_s))
     if not dev_att:
         busy["cpu"] = L * cost.attention_s(model, b, 1, ctx, dtype, where="cpu")
     bytes_step = dict.fromkeys(("h2d", "disk_read", "d2h", "disk_write"), 0.0)

@@ -144,18 +144,16 @@ def stream_buffer_bytes(model: ModelConfig, dtype: str, combo: Combo, seq: int) 
 
 @lru_cache(maxsize=4096)
 def _op_times(cost: CostModel, model: ModelConfig, rows_batch: int, query: int, context: int, dtype: str,
-              where: str, reuse: int = 1) -> tuple[float, float]:
-    """(projections + activation, attention) seconds for one layer; cached per shape. `reuse`: GPU
-    batches in a row sharing the layer's weights (cold once, then warm; as evaluate.py)."""
-    ops = layer_op_times_s(cost, model, rows_batch, query, context, dtype, attention_where=where, reuse=reuse)
+              where: str) -> tuple[float, float]:
+    """(projections + activation, attention) seconds for one layer; cached per shape."""
+    ops = layer_op_times_s(cost, model, rows_batch, query, context, dtype, attention_where=where)
     return sum(v for k, v in ops.items() if k != "attention"), ops["attention"]
 
 
 @lru_cache(maxsize=4096)
-def _recompute_rate(cost: CostModel, model: ModelConfig, gpu_batch: int, context: int, dtype: str,
-                    reuse: int = 1) -> float:
+def _recompute_rate(cost: CostModel, model: ModelConfig, gpu_batch: int, context: int, dtype: str) -> float:
     """Seconds per recomputed token per sequence, sampled at the full-context shape."""
-    return recompute_kv_s(cost, model, gpu_batch, context, dtype, reuse) / context
+    return recompute_kv_s(cost, model, gpu_batch, context, dtype) / context
 
 
 @lru_cache(maxsize=4096)
@@ -191,9 +189,11 @@ def coefficients(st: Setting, combo: Combo, cost: CostModel, profile: Profile) -
     cuda = not st.host_is_device
 
     # ---- decode step, all layers -------------------------------------------------------------
-    proj_s, att_s = _op_times(cost, m, gb, 1, ctx, st.dtype, "device", nb)
-    rc_per_frac = L * nb * _recompute_rate(cost, m, gb, ctx, st.dtype, nb) * present_x  # KVPR recompute
-    compute = _lin(L * nb * (proj_s + (att_s if dev_att else 0.0)), xd=rc_per_frac, xh=rc_per_frac,
+    # projections and MLP once over all b rows per layer, attention per GPU batch (as evaluate.py)
+    proj_s, _ = _op_times(cost, m, b, 1, ctx, st.dtype, "device")
+    _, att_s = _op_times(cost, m, gb, 1, ctx, st.dtype, "device")
+    rc_per_frac = L * nb * _recompute_rate(cost, m, gb, ctx, st.dtype) * present_x  # KVPR recompute
+    compute = _lin(L * (proj_s + nb * (att_s if dev_att else 0.0)), xd=rc_per_frac, xh=rc_per_frac,
                    xk=rc_per_frac)
     cpu = _lin(L * _cpu_attention(cost, m, b, ctx, st.dtype) if not dev_att else 0.0)
 
