@@ -14,6 +14,7 @@ The probes measure what the runtime runs (docs/profiling.md, "what the probes ru
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -45,23 +46,26 @@ def _torch_dtype(name: str):
 def _budgeted(
     items: Sequence, budget_s: float, measure: Callable, progress: Progress | None, passes: int = 1
 ) -> tuple[list[list[float]], int]:
-    """Measure every item `passes` times in round-robin passes and keep each item's fastest pass: a
-    burst of other work on a shared machine lasts seconds, so it rarely hits the same item twice.
-    Items not reached in the first pass when `budget_s` runs out are skipped (and counted); the
-    first MIN_SAMPLES items are always measured so that every family can be fitted."""
-    best: dict[int, list[float]] = {}
+    """Measure every item `passes` times in round-robin passes and keep, per item, the pass with the
+    median time (the mean of two): the runtime meets an op's typical time, not its best. Items not
+    reached in the first pass when `budget_s` runs out are skipped (and counted); the first
+    MIN_SAMPLES items are always measured so that every family can be fitted."""
+    runs: dict[int, list[list[float]]] = {}
     start = time.perf_counter()
     if items:
         measure(items[0])  # first-call costs (kernel selection, page faults) stay out of the samples
     for _ in range(max(passes, 1)):
         for i, item in enumerate(items):
-            if time.perf_counter() - start <= budget_s or (i < MIN_SAMPLES and i not in best):
-                row = measure(item)
-                if i not in best or row[-1] < best[i][-1]:
-                    best[i] = row
+            if time.perf_counter() - start <= budget_s or (i < MIN_SAMPLES and i not in runs):
+                runs.setdefault(i, []).append(measure(item))
             if progress:
                 progress(1)
-    return [best[i] for i in sorted(best)], len(items) - len(best)
+    return [_median_row(runs[i]) for i in sorted(runs)], len(items) - len(runs)
+
+
+def _median_row(rows: list[list[float]]) -> list[float]:
+    """The shape columns of the first row with the median of the last (time) column."""
+    return [*rows[0][:-1], statistics.median(r[-1] for r in rows)]
 
 
 class ColdArena:
