@@ -277,3 +277,30 @@ def test_split_refinement_is_never_worse_than_the_milp_split(objective, local_pr
             assert data["prediction"]["decode_step_s"] <= at_milp["decode_step_s"]
         else:
             assert data["prediction"]["throughput_tokens_per_s"] >= at_milp["throughput_tokens_per_s"]
+
+
+def test_weights_streamed_from_disk_are_paid_layer_by_layer(local_profile_path):
+    """With a share of the layers' weights on disk the runtime reads one layer ahead, so each such
+    layer takes max(compute, its K,V + its weights); the step is the sum over layers, never less
+    than the max of the totals, and equal to it when no weights stream."""
+    from planner.plan import plan_from_dict
+
+    profile = load_profile(local_profile_path)
+    model = load_model("opt-125m")
+    data = solve(SolveRequest(model=model, seq=512, gen=16, batch=4, objective="latency", strategy="transfer",
+                              gpu_mem_bytes=10**9), profile)
+    plan = plan_from_dict(data)
+    resident_w = evaluate(model, data["inputs"], plan.decisions, profile)
+    assert resident_w["timeline"]["bound_by"] != "pipeline"
+    streamed = dataclasses.replace(plan.decisions, weight_placement={"device": 0.5, "host": 0.0, "disk": 0.5})
+    pred = evaluate(model, data["inputs"], streamed, profile)
+    L = model.num_layers
+    busy = {r: v * L for r, v in pred["per_layer_busy_s"].items()}
+    totals = max(busy["compute"], busy["disk_read"] + busy["disk_write"])
+    assert pred["decode_step_s"] >= totals * (1 - 1e-6)
+    # half the layers carry a whole layer's weights on top of the K,V: they cannot hide behind the others
+    kv_s = resident_w["per_layer_busy_s"]["disk_read"] + resident_w["per_layer_busy_s"]["disk_write"]
+    w_s = (busy["disk_read"] + busy["disk_write"]) / L - kv_s  # mean weight-read time per layer
+    per_disk_layer = max(busy["compute"] / L, kv_s + 2 * w_s)  # only half the layers read weights
+    per_other = max(busy["compute"] / L, kv_s)
+    assert pred["decode_step_s"] == pytest.approx(L // 2 * (per_disk_layer + per_other), rel=1e-3)

@@ -212,6 +212,23 @@ def evaluate(model: ModelConfig, inputs: dict[str, Any], decisions: Decisions, p
     candidates = {r: busy[r] for r in ("compute", "cpu", "h2d", "d2h")}
     candidates["disk"] = disk_s
     candidates["chain"] = chain_s
+    if streamed_layers:
+        # Streamed weights make layers unequal: the runtime reads a layer's data while the layer
+        # before it computes (one layer of read-ahead, FlexGen's per-layer overlap), so each layer
+        # takes max(its compute, its own reads) and a layer whose weights cross a link cannot hide
+        # them behind the compute of layers further back. The step is the sum over layers of that max
+        # (FlexGen's cost model, T = sum over layers of max(compute, load)); with no streamed weights
+        # every layer is alike and this equals the max of the totals above.
+        disk_kv = (disk_s - xfer("disk_read", W, layers["disk"])) / L  # per layer, without weights
+        h2d_kv = (busy["h2d"] - xfer("h2d", W, streamed_layers)) / L
+        own = max(busy["compute"], busy["cpu"]) / L
+
+        def layer_s(tier: str) -> float:
+            disk_io = disk_kv + (xfer("disk_read", W) if tier == "disk" else 0.0)
+            h2d_io = h2d_kv + (xfer("h2d", W) if cuda and tier != "device" else 0.0)
+            return max(own, disk_io, h2d_io)
+
+        candidates["pipeline"] = sum(count * layer_s(tier) for tier, count in layers.items() if count)
     bound_by = max(candidates, key=lambda r: (candidates[r], r))
     decode_step_s = candidates[bound_by]
 
