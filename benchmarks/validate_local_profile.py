@@ -26,7 +26,7 @@ from planner.models import CATALOG
 from planner.profile import find_local_profile, load_profile
 from planner.profiling.modes import get_mode
 
-TOKENS = (3, 12, 48, 192)  # row counts no model probes in the smoke and quick modes (shapes.py staggering)
+TOKENS = (10, 20, 40, 160)  # row counts no model probes in the smoke and quick modes (shapes.py staggering)
 EXTRA_MODELS = ("opt-6.7b", "mistral-7b", "qwen2.5-7b", "llama-2-13b", "opt-1.3b", "tinyllama-1.1b")
 DISK_SIZES = tuple(3 << k for k in range(14, 27, 2))  # 48 KiB .. 192 MiB, never a power of two
 

@@ -13,6 +13,11 @@ the shape dimensions (m, n, k; batch, context, heads, ...):
 
 - "poly":  log(time / linear) = degree-2 polynomial of log(dims)   (ridge regression)
 - "tree":  log(time / linear) = a small regression tree of log(dims) (exported arrays)
+- "rows":  log(time / linear) = a piecewise-linear function of log(rows) alone (GEMM m, attention
+           batch), through the median correction at each probed row count: on the CPU a GEMM's rate
+           at a fixed row count is nearly the same for every weight shape, but changes in steps with
+           the rows as the BLAS library switches kernels (measured here: 14.5 GB/s of weights at 1-3
+           rows, 7 at 4-6, 5 at 7-11, 3.6 at 12-14, 5 at 16-28), which a tree over (m, n, k) smears
 
 The candidate with the lowest cross-validated MAPE (k-fold, shuffled, fixed seed) is kept, with that
 held-out MAPE stored next to it. Extrapolation: the shape dimensions are clamped into the sampled
@@ -26,6 +31,7 @@ keep their shape effects, which are real. docs/cost-models.md has the details an
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,7 +42,9 @@ import numpy as np
 from planner.errors import KvplanError
 
 FAMILIES = ("gemm", "attention", "elementwise", "link")
-KINDS = ("linear", "poly", "tree")
+KINDS = ("linear", "poly", "tree", "rows")
+# families whose first dim is a row count that the "rows" correction follows
+ROWS_FAMILIES = ("gemm", "attention")
 # Shape dimensions per family, in the order samples store them (before the time_s column).
 DIMS: dict[str, tuple[str, ...]] = {
     "gemm": ("m", "n", "k"),
@@ -159,6 +167,31 @@ def _tree_eval(data: dict[str, Any], logd: np.ndarray) -> np.ndarray:
     return out
 
 
+def _fit_rows(logd: np.ndarray, resid: np.ndarray) -> dict[str, Any]:
+    """Knots at every distinct log(rows) of the samples, each at the median correction there."""
+    xs = np.unique(logd[:, 0])
+    return {"x": [float(x) for x in xs], "y": [float(np.median(resid[logd[:, 0] == x])) for x in xs]}
+
+
+def _rows_eval(data: dict[str, Any], logd: np.ndarray) -> np.ndarray:
+    return np.interp(logd[:, 0], np.asarray(data["x"], dtype=float), np.asarray(data["y"], dtype=float))
+
+
+def _rows_one(data: dict[str, Any], x: float) -> float:
+    """_rows_eval for one log(rows), without numpy (np.interp's clamping at both ends)."""
+    xs, ys = data["x"], data["y"]
+    if x <= xs[0]:
+        return ys[0]
+    if x >= xs[-1]:
+        return ys[-1]
+    hi = bisect.bisect_right(xs, x)
+    x0, x1, y0, y1 = xs[hi - 1], xs[hi], ys[hi - 1], ys[hi]
+    return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+
+
+_CORRECTIONS = {"poly": (_fit_poly, _poly_eval), "tree": (_fit_tree, _tree_eval), "rows": (_fit_rows, _rows_eval)}
+
+
 def _fit_kind(
     kind: str, family: str, dims: np.ndarray, y: np.ndarray, dtype_bytes: int, hinge: bool = False
 ) -> dict[str, Any]:
@@ -171,7 +204,7 @@ def _fit_kind(
     base = np.maximum(_linear_predict(coef, x), 1e-12)
     resid = np.clip(np.log(y / base), -MAX_LOG_CORRECTION, MAX_LOG_CORRECTION)
     logd = _log_dims(dims)
-    model[kind] = _fit_poly(logd, resid) if kind == "poly" else _fit_tree(logd, resid)
+    model[kind] = _CORRECTIONS[kind][0](logd, resid)
     return model
 
 
@@ -205,6 +238,7 @@ def fit(family: str, rows: Sequence[Sequence[float]], dtype_bytes: int = 1) -> d
     # links stay physically shaped (latency + bytes / bandwidth, piecewise with hinges): a learned
     # correction on bytes extrapolated inconsistently (2.98 GB/s at 168 MB, 2.24 GB/s at 2 GB)
     kinds = KINDS if len(y) >= MIN_SAMPLES_FOR_CORRECTION and family != "link" else ("linear",)
+    kinds = tuple(k for k in kinds if k != "rows" or family in ROWS_FAMILIES)
     # candidates: each kind on the plain line, and (with enough samples) on the line with hinges
     cands = [(k, False) for k in kinds]
     if len(y) >= MIN_SAMPLES_FOR_CORRECTION:
@@ -251,7 +285,7 @@ def _raw_many(model: dict[str, Any], dims: np.ndarray) -> np.ndarray:
         return base
     clamped = np.clip(dims, np.asarray(model["dim_min"]), np.asarray(model["dim_max"]))
     logd = _log_dims(clamped)
-    corr = _poly_eval(model["poly"], logd) if kind == "poly" else _tree_eval(model["tree"], logd)
+    corr = _CORRECTIONS[kind][1](model[kind], logd)
     return base * np.exp(np.clip(corr, -MAX_LOG_CORRECTION, MAX_LOG_CORRECTION))
 
 
@@ -283,6 +317,8 @@ def correction(model: dict[str, Any], dims: Sequence[float]) -> float:
                 if pw:
                     term *= x ** pw
             corr += term
+    elif kind == "rows":
+        corr = _rows_one(model["rows"], logd[0])
     else:
         data = model["tree"]
         left, right, feat, thr = data["children_left"], data["children_right"], data["feature"], data["threshold"]
@@ -390,6 +426,15 @@ def validate_model(model: Any, where: str) -> None:
         _check_poly(model.get("poly"), ndim, where)
     elif kind == "tree":
         _check_tree(model.get("tree"), ndim, where)
+    elif kind == "rows":
+        _check_rows(model.get("rows"), where)
+
+
+def _check_rows(data: Any, where: str) -> None:
+    ok = isinstance(data, dict) and isinstance(data.get("x"), list) and isinstance(data.get("y"), list)
+    ok = ok and len(data["x"]) == len(data["y"]) >= 1 and all(_finite(v) for v in data["x"] + data["y"])
+    if not ok or any(b <= a for a, b in zip(data["x"], data["x"][1:], strict=False)):
+        raise KvplanError(f"{where}: malformed 'rows' block (x increasing, y, same length)")
 
 
 def _check_poly(data: Any, ndim: int, where: str) -> None:

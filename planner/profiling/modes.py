@@ -58,7 +58,9 @@ MODES: dict[str, Mode] = {
     "quick": Mode(
         name="quick",
         gemm_models=("opt-125m", "opt-1.3b", "tinyllama-1.1b", "llama-2-7b", "llama-3-8b"),
-        gemm_tokens=(1, 4, 16, 64, 256),
+        # every power of two a decode batch takes up to 64: on this CPU a cold GEMM's time jumps
+        # between 4 and 8 rows (oneDNN switches kernels) and a fit through 4 and 16 missed 8 by 15%
+        gemm_tokens=(1, 2, 4, 8, 16, 32, 64, 256),
         dtypes=("float32", "bfloat16"),
         attention_models=("opt-1.3b", "tinyllama-1.1b", "llama-2-7b", "llama-3-8b"),
         attention_contexts=(128, 512, 2048, 8192),
@@ -68,7 +70,7 @@ MODES: dict[str, Mode] = {
         link_max_bytes=256 << 20,
         disk_max_bytes=256 << 20,
         link_sizes=16,
-        budget_s={"gemm": 50.0, "attention": 20.0, "elementwise": 4.0, "link": 6.0, "disk": 18.0, "cpu": 10.0},
+        budget_s={"gemm": 60.0, "attention": 20.0, "elementwise": 4.0, "link": 6.0, "disk": 18.0, "cpu": 10.0},
         repeats=Repeats(warmup=1, min_reps=3, max_reps=7, target_s=0.03, passes=2),
     ),
     # the default: thorough.

@@ -24,13 +24,24 @@ def _staggered(values: tuple[int, ...], index: int, count: int) -> list[int]:
     return sorted({max(1, round(v * factor)) for v in values})
 
 
+def _gemm_rows(mode: Mode, index: int) -> list[int]:
+    """Row counts the index-th GEMM model probes: every one of the mode's token counts (the planner's
+    automatic batches are powers of two, and a CPU GEMM's rate changes in steps with the rows, so each
+    model's weight shapes are timed at exactly those), and for the first two (smallest) models also
+    the counts half-way between them in log scale (x1.5), for batches a user fixes."""
+    rows = set(mode.gemm_tokens)
+    if index < 2:
+        rows |= {round(t * 1.5) for t in mode.gemm_tokens if t > 1}
+    return sorted(rows)
+
+
 def gemm_shapes(mode: Mode) -> list[tuple[int, int, int]]:
     """(m, n, k) of every projection and of the KV recompute, for each model and (staggered) token
     count; cheapest first so a time budget cuts the biggest ones."""
     shapes: set[tuple[int, int, int]] = set()
     models = _models(mode.gemm_models)
     for i, model in enumerate(models):
-        for tokens in _staggered(mode.gemm_tokens, i, len(models)):
+        for tokens in _gemm_rows(mode, i):
             gemms = list(layer_gemms(model, tokens).values()) + [recompute_gemm(model, tokens)]
             for g in gemms:
                 if g.n * g.k * F32 <= mode.gemm_max_weight_bytes:
@@ -45,7 +56,7 @@ def recompute_shapes(mode: Mode) -> frozenset[tuple[int, int, int]]:
     out: set[tuple[int, int, int]] = set()
     models = _models(mode.gemm_models)
     for i, model in enumerate(models):
-        for tokens in _staggered(mode.gemm_tokens, i, len(models)):
+        for tokens in _gemm_rows(mode, i):
             g = recompute_gemm(model, tokens)
             out.add((g.m, g.n, g.k))
     return frozenset(out)
