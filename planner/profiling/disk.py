@@ -205,9 +205,13 @@ def disk_passes(reps: Repeats) -> int:
 def disk_samples(
     disk_dir: Path, sizes: Sequence[int], reps: Repeats, budget_s: float, progress: Progress | None = None,
     busy: Callable[[], object] | None = None, passes: int | None = None,
+    timed: dict[int, tuple[list[float], list[float]]] | None = None, first_round: int = 0,
 ) -> tuple[SampleSet, SampleSet, str]:
     """(reads, writes, method). Sizes are rounded up to whole pages. With `busy`, every transfer is
-    timed while another thread runs `busy` in a loop (the runtime's compute beside its disk worker)."""
+    timed while another thread runs `busy` in a loop (the runtime's compute beside its disk worker).
+    `timed` (size -> write times, read times) accumulates over calls, so a caller can spread the
+    rounds over minutes (planner/profiling/measure.py) and take the samples of the last call;
+    `first_round` numbers this call's rounds (each round orders the sizes differently)."""
     sizes = [max(PAGE, -(-s // PAGE) * PAGE) for s in sizes]
     largest = max(sizes)
     path = disk_dir / PROBE_FILE
@@ -232,10 +236,10 @@ def disk_samples(
         # round, and the median of all its timed transfers is kept: this virtual disk drifts between
         # about 1.3 and 2.0 GB/s over tens of seconds (docs/profiling.md, "Disk statistic"), so a size
         # timed at one moment only, or the fastest of several rounds, would record the disk's mood
-        timed: dict[int, tuple[list[float], list[float]]] = {}
-        order = random.Random(DISK_ORDER_SEED)
+        timed = {} if timed is None else timed
         with busy_thread(busy):
-            for _ in range(passes or disk_passes(reps)):
+            for k in range(passes or disk_passes(reps)):
+                order = random.Random(DISK_ORDER_SEED + first_round + k)
                 for size in order.sample(sizes, len(sizes)):
                     if time.perf_counter() - start <= budget_s:
                         wtimes, rtimes = _time_size(fd, view, size, method, reps, largest, dest)
@@ -311,3 +315,4 @@ def disk_to_device_samples(disk_dir: Path, sizes: Sequence[int], reps: Repeats, 
         except OSError:
             pass
     return SampleSet(["bytes", "time_s"], rows)
+

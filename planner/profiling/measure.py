@@ -134,6 +134,24 @@ def _measure(mode: str | Mode, disk_dir: str | Path | None, force_cpu: bool,
     def bar(label: str, items: int) -> Callable[[int], None]:
         return progress(label, items * max(reps.passes, 1))
 
+    # The disk beside a compute thread (the runtime's situation) in DISK_PASSES rounds spread over the
+    # whole profile: one now, one after the GEMMs, the rest at the end. This virtual disk drifts
+    # between regimes over tens of seconds (docs/profiling.md, "Disk statistic"); rounds a minute apart
+    # sample more of them than back-to-back rounds would.
+    disk_budget = m.budget_s["disk"]
+    busy = _busy_work(min(BUSY_ARENA_BYTES, cold_cap)) if dev == "cpu" else None  # GPU: CPU is free
+    disk_timed: dict[int, tuple[list[float], list[float]]] = {}
+    rounds = disk.disk_passes(reps)
+    round_budget = disk_budget * 7 / 12 / rounds
+
+    def disk_round(k: int, count: int = 1) -> tuple[SampleSet, SampleSet, str]:
+        return disk.disk_samples(disk_path, disk_sizes, reps, round_budget * count,
+                                 progress(f"disk beside compute, round {k + 1}/{rounds} ({disk_path})",
+                                          count * len(disk_sizes)),
+                                 busy=busy, passes=count, timed=disk_timed, first_round=k)
+
+    disk_round(0)
+
     # -- compute on the device ---------------------------------------------------------------
     gemm_shapes = shapes.gemm_shapes(m)
     recompute = shapes.recompute_shapes(m)
@@ -142,6 +160,8 @@ def _measure(mode: str | Mode, disk_dir: str | Path | None, force_cpu: bool,
         samples[f"gemm.device.{dtype}"] = compute.gemm_samples(
             gemm_shapes, dtype, dev, reps, budget, bar(f"GEMM {dtype} on {dev}", len(gemm_shapes)),
             cold_bytes=cold_bytes, recompute=recompute)
+    if rounds > 2:
+        disk_round(1)
     att_shapes = shapes.attention_shapes(m)
     for dtype in m.dtypes:
         budget = m.budget_s["attention"] / len(m.dtypes)
@@ -173,18 +193,14 @@ def _measure(mode: str | Mode, disk_dir: str | Path | None, force_cpu: bool,
                                         ("h2d_pageable", "h2d", False), ("d2h_pageable", "d2h", False)):
             samples[f"link.{name}"] = links.cuda_copy_samples(
                 direction, pinned, mem_sizes, reps, m.budget_s["link"] / 6, bar(name, len(mem_sizes)))
-    # the disk alone (kept as samples), then as the runtime meets it: a compute thread beside the
-    # disk worker, and small write-backs appended through the runtime's DiskFile (disk.py docstring)
-    budget = m.budget_s["disk"]
+    # the disk alone (kept as samples), the last rounds beside compute (above), and small write-backs
+    # appended through the runtime's DiskFile (disk.py docstring)
     idle_r, idle_w, method = disk.disk_samples(
-        disk_path, disk_sizes, reps, budget / 6, bar(f"disk alone ({disk_path})", len(disk_sizes)), passes=1)
+        disk_path, disk_sizes, reps, disk_budget / 6, bar(f"disk alone ({disk_path})", len(disk_sizes)), passes=1)
     samples["link.disk_read_idle"], samples["link.disk_write_idle"] = idle_r, idle_w
-    busy = _busy_work(min(BUSY_ARENA_BYTES, cold_cap)) if dev == "cpu" else None  # GPU: CPU is free
-    reads, writes, method = disk.disk_samples(
-        disk_path, disk_sizes, reps, budget * 7 / 12,
-        bar(f"disk beside compute ({disk_path})", disk.disk_passes(reps) * len(disk_sizes)),
-        busy=busy)
-    small = disk.writeback_samples(disk_path, m.small_write_sizes, reps, budget / 4, busy=busy)
+    done = 2 if rounds > 2 else 1
+    reads, writes, method = disk_round(done, rounds - done)
+    small = disk.writeback_samples(disk_path, m.small_write_sizes, reps, disk_budget / 4, busy=busy)
     cut = max(m.small_write_sizes)
     writes = SampleSet(writes.columns, sorted(small.rows + [r for r in writes.rows if r[0] > cut]),
                        writes.skipped + small.skipped)
