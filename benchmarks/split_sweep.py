@@ -13,7 +13,6 @@ of the best measured step.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 from pathlib import Path
 
@@ -34,7 +33,7 @@ def main() -> int:
     ap.add_argument("--gpu-mem-gb", type=float, default=1.0, help="device (RAM) cap that pushes the K,V to disk")
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--steps", type=int, default=4)
-    ap.add_argument("--repeats", type=int, default=2, help="runs per split point (the median is used)")
+    ap.add_argument("--repeats", type=int, default=3, help="runs per split point, in rounds (the median run is kept)")
     ap.add_argument("--points", default="0,128,256,512,768,1024,1536,2048")
     ap.add_argument("--profile", default=None)
     ap.add_argument("--disk-dir", default="/tmp")
@@ -51,23 +50,35 @@ def main() -> int:
     points = sorted({int(p) for p in args.points.split(",") if int(p) <= args.seq} | {l_star})
     print(f"{args.model} seq {args.seq} batch {args.batch} on {profile.name}; planner's split l* = {l_star}; "
           f"{args.layers} layers x {args.steps} steps per run; {load_note()}", flush=True)
-    rows = []
+    variants = []
     for l_tok in points:
         p = with_decisions(plan, split_tokens=l_tok)
         pred = evaluate(model, p["inputs"], decisions_from_dict(p["decisions"], args.seq), profile)
-        steps = []
-        for _ in range(args.repeats):
-            rec = run(p, profile_path, args.layers, args.steps, Path(args.disk_dir), args.threads)
-            steps.append(rec["measured"]["decode_step_s"])
+        variants.append((l_tok, p, pred))
+    # rounds over the points, so that each point's runs are spread over the benchmark's minutes (this
+    # VM's disk drifts by up to 1.5x over tens of seconds); each point keeps its median run
+    runs: dict[int, list[dict]] = {l_tok: [] for l_tok in points}
+    for r in range(args.repeats):
+        for l_tok, p, _ in variants:
+            runs[l_tok].append(run(p, profile_path, args.layers, args.steps, Path(args.disk_dir), args.threads))
+            print(f"  round {r + 1}/{args.repeats} l={l_tok}: measured "
+                  f"{runs[l_tok][-1]['measured']['decode_step_s']:.3f} s", flush=True)
+    rows = []
+    for l_tok, _, pred in variants:
+        ordered = sorted(runs[l_tok], key=lambda rec: rec["measured"]["decode_step_s"])
+        rec = ordered[(len(ordered) - 1) // 2]
         busy = rec["measured"]["per_layer_busy_s"]
-        rows.append({"split": l_tok, "predicted_s": pred["decode_step_s"], "measured_s": statistics.median(steps),
-                     "measured_runs_s": steps, "compute_busy_s": busy["compute"],
+        rows.append({"split": l_tok, "predicted_s": pred["decode_step_s"],
+                     "measured_s": rec["measured"]["decode_step_s"],
+                     "measured_runs_s": [x["measured"]["decode_step_s"] for x in runs[l_tok]],
+                     "compute_busy_s": busy["compute"],
                      "disk_read_busy_s": busy["disk_read"], "predicted_compute_s": pred["per_layer_busy_s"]["compute"],
                      "predicted_disk_read_s": pred["per_layer_busy_s"]["disk_read"],
                      "load": rec["run"]["load_average_1min"],
                      "compute_thread_cpu_s": rec["measured"]["per_layer_compute_thread_cpu_s"]})
         r = rows[-1]
-        print(f"  l={l_tok:5d}  predicted {r['predicted_s']:.3f} s  measured {r['measured_s']:.3f} s", flush=True)
+        print(f"  l={l_tok:5d}  predicted {r['predicted_s']:.3f} s  measured {r['measured_s']:.3f} s "
+              f"(median of {', '.join(f'{x:.3f}' for x in r['measured_runs_s'])})", flush=True)
     best = min(rows, key=lambda r: r["measured_s"])
     at_star = next(r for r in rows if r["split"] == l_star)
     ratio = at_star["measured_s"] / best["measured_s"]
@@ -90,7 +101,7 @@ def main() -> int:
     out = Path(args.out)
     write_json_atomic(out.with_suffix(".json"), {
         "model": args.model, "seq": args.seq, "gen": args.gen, "batch": args.batch, "layers": args.layers,
-        "steps": args.steps, "profile": profile.name, "planner_split": l_star, "rows": rows,
+        "steps": args.steps, "repeats": args.repeats, "profile": profile.name, "planner_split": l_star, "rows": rows,
         "best_measured_split": best["split"], "ratio_at_planner_split": ratio, "pass": ok})
     _plot(rows, l_star, out.with_suffix(".png"), f"{args.model}, seq {args.seq}, batch {args.batch}, K,V on disk")
     print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.png')}")
