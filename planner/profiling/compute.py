@@ -136,8 +136,16 @@ def gemm_samples(
 
         if shape in recompute:  # one GPU batch of m tokens: X [1, m, k] seen token-major as [m, 1, k]
             x_tm = torch.randn(1, m, k, generator=gen).to(device=device, dtype=tdtype).transpose(0, 1)
-            out = torch.empty(m, 1, n, device=device, dtype=tdtype)
-            t = timer.sample_s(lambda: M.kv_from_x_into(plain, {"wkv": weight()}, x_tm, None, out), reps)
+            fixed_out = torch.empty(m, 1, n, device=device, dtype=tdtype)
+
+            def out():
+                # the runtime writes recomputed K,V into rows of a gather buffer last touched a layer
+                # or more ago: cold, like the weights (a reused warm buffer measured 10% fast)
+                if arena is not None and 4 * m * n <= arena.data.numel():
+                    return arena.take((m, 1, n))
+                return fixed_out
+
+            t = timer.sample_s(lambda: M.kv_from_x_into(plain, {"wkv": weight()}, x_tm, None, out()), reps)
         else:
             a = torch.randn(m, k, generator=gen).to(device=device, dtype=tdtype)
             t = timer.sample_s(lambda: F.linear(a, weight()), reps)

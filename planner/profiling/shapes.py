@@ -46,6 +46,10 @@ def gemm_shapes(mode: Mode) -> list[tuple[int, int, int]]:
             for g in gemms:
                 if g.n * g.k * F32 <= mode.gemm_max_weight_bytes:
                     shapes.add((g.m, g.n, g.k))
+        for rows in mode.recompute_rows:
+            g = recompute_gemm(model, rows)
+            if g.n * g.k * F32 <= mode.gemm_max_weight_bytes:
+                shapes.add((g.m, g.n, g.k))
     return sorted(shapes, key=lambda s: (s[0] * s[1] * s[2], s))
 
 
@@ -56,7 +60,7 @@ def recompute_shapes(mode: Mode) -> frozenset[tuple[int, int, int]]:
     out: set[tuple[int, int, int]] = set()
     models = _models(mode.gemm_models)
     for i, model in enumerate(models):
-        for tokens in _gemm_rows(mode, i):
+        for tokens in [*_gemm_rows(mode, i), *mode.recompute_rows]:
             g = recompute_gemm(model, tokens)
             out.add((g.m, g.n, g.k))
     return frozenset(out)
