@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from planner.costmodel import CostModel
+from planner.costmodel import CostModel, fitted
 from planner.layer_costs import layer_gemms
 from planner.models import load_model
 from planner.profile import load_profile, profile_from_dict
@@ -26,7 +26,7 @@ def test_smoke_profile_is_a_valid_measured_profile(local_profile_path):
     for key in ("gemm.device.float32", "attention.device.float32", "elementwise.device",
                 "link.disk_read", "link.disk_write", "link.host_memcpy"):
         model = data["cost_models"][key]
-        assert model["kind"] in ("linear", "poly", "tree")
+        assert model["kind"] in fitted.KINDS
         assert 0 <= model["cv_mape"] < 5
         assert len(data["samples"][key]["rows"]) == model["n_samples"] >= 3
     # plain data only: the profile round-trips through JSON unchanged
