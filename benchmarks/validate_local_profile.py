@@ -61,14 +61,10 @@ def child(spec_path: Path, out_path: Path) -> None:
     # the disk as the profile's link.disk_read / disk_write were measured: beside the same compute loop,
     # the same rounds and statistic (planner/profiling/disk.py), at sizes the profile did not probe
     busy = measure._busy_work(min(measure.BUSY_ARENA_BYTES, spec["cold_bytes"] or measure.BUSY_ARENA_BYTES))
-    reads, writes, method = disk.disk_samples(Path(spec["disk_dir"]), spec["disk_sizes"], mode.repeats, 1e9,
+    reads, _, method = disk.disk_samples(Path(spec["disk_dir"]), spec["disk_sizes"], mode.repeats, 1e9,
                                               busy=busy)
-    # writes up to the profile's largest write-back size are appends through the runtime's DiskFile,
-    # as link.disk_write's small samples were taken (planner/profiling/measure.py)
-    cut = max(mode.small_write_sizes)
-    small = disk.writeback_samples(Path(spec["disk_dir"]), [s for s in spec["disk_sizes"] if s <= cut],
-                                   mode.repeats, 1e9, busy=busy)
-    writes.rows = sorted(small.rows + [r for r in writes.rows if r[0] > cut])
+    # writes through the runtime's DiskFile at every size, as link.disk_write was measured
+    writes = disk.writeback_samples(Path(spec["disk_dir"]), spec["disk_sizes"], mode.repeats, 1e9, busy=busy)
     out.update({"disk_read": reads.rows, "disk_write": writes.rows, "disk_method": method})
     out_path.write_text(json.dumps(out))
 

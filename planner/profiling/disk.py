@@ -41,6 +41,7 @@ READ_DEST_BYTES = 256 << 20
 # rounds over the sizes (at least), and the seed of their order in each round
 DISK_PASSES = 3
 DISK_ORDER_SEED = 20261123
+WRITEBACK_MANY_BYTES = 4 << 20
 
 
 def check_disk_dir(path: Path, need_bytes: int) -> int:
@@ -159,37 +160,43 @@ def busy_thread(work: Callable[[], object] | None) -> Iterator[None]:
 def writeback_samples(
     disk_dir: Path, sizes: Sequence[int], reps: Repeats, budget_s: float, busy: Callable[[], object] | None = None,
 ) -> SampleSet:
-    """The runtime's write-back: `size` bytes appended at successive (unaligned) offsets of a
+    """Writes as the runtime makes them: `size` bytes appended at successive (unaligned) offsets of a
     preallocated file through runtime.tiers.DiskFile.write (page read-modify-write kept in its tail
-    cache, O_DIRECT pwrite), as the executor writes each new token's K,V or X; median of the calls
-    per size (the runtime reports a mean; the disk's drift is not one-sided), optionally with a
-    compute loop running (`busy`)."""
+    cache, a copy into an aligned buffer, O_DIRECT pwrite), as the executor writes each new token's
+    K,V or X and prefill writes the prompt's; median of the calls per size (the runtime reports a
+    mean; the disk's drift is not one-sided), optionally with a compute loop running (`busy`).
+    Sizes up to WRITEBACK_MANY_BYTES get 8 calls, larger ones 3; the offsets wrap within twice the
+    largest size, so the file stays small."""
     import torch
 
     from runtime.tiers import DiskFile
 
-    calls = max(reps.min_reps, 8)
     rows: list[list[float]] = []
     start = time.perf_counter()
     path = disk_dir / (PROBE_FILE + "-writeback")
-    total = sum(calls * (s + PAGE) for s in sizes) + PAGE
+    window = 2 * max(sizes) + PAGE
     f = None
     try:
-        f = DiskFile(path, total)
+        f = DiskFile(path, window + PAGE)
         offset = 0
         with busy_thread(busy):
             for size in sizes:
                 if rows and time.perf_counter() - start > budget_s:
                     break
+                calls = max(reps.min_reps, 8 if size <= WRITEBACK_MANY_BYTES else 3)
                 data = torch.full((size,), 7, dtype=torch.uint8)
                 times = []
                 for _ in range(calls):
+                    if offset + size > window:
+                        offset = 0
                     t0 = time.perf_counter()
                     f.write(offset, data, 0)
                     times.append(time.perf_counter() - t0)
                     offset += size
                 rows.append([float(size), statistics.median(times)])
     except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise KvplanError(f"--disk-dir {disk_dir} filled up during the disk probe") from exc
         raise KvplanError(f"write-back probe on {disk_dir} failed: {exc.strerror or exc}") from exc
     finally:
         if f is not None:
