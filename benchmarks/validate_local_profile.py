@@ -2,7 +2,7 @@
 separate process, at shapes and sizes the profile did not probe (other catalog models, other token
 counts, other transfer sizes), and compare with the profile's predictions (planner.costmodel).
 
-    python benchmarks/validate_local_profile.py [--profile FILE] [--disk-dir DIR] [--json OUT]
+    python benchmarks/validate_local_profile.py [--profile FILE] [--disk-dir DIR] [--repeats N] [--json OUT]
 
 Target (issue 3): median error <= 10% for GEMM and for disk transfers. The re-measurement uses the
 same timing method as the probes (planner/profiling/timing.py) so the comparison is like for like.
@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from planner.costmodel import CostModel
+from planner.jsonio import write_json_atomic
 from planner.layer_costs import Gemm, layer_gemms, recompute_gemm
 from planner.models import CATALOG
 from planner.profile import find_local_profile, load_profile
@@ -74,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", type=Path, default=None)
     ap.add_argument("--disk-dir", type=Path, default=None)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="re-measure this many times, each in a fresh process; each shape keeps its median time")
     ap.add_argument("--child", nargs=2, type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -98,27 +101,34 @@ def main(argv: list[str] | None = None) -> int:
         spec.write_text(json.dumps({"mode": mode, "threads": threads, "dtypes": dtypes, "shapes": shapes,
                                     "cold_bytes": cold_bytes,
                                     "disk_dir": str(disk_dir), "disk_sizes": list(DISK_SIZES)}))
-        subprocess.run([sys.executable, __file__, "--child", str(spec), str(out)], check=True)
-        measured = json.loads(out.read_text())
+        runs = []
+        for r in range(max(args.repeats, 1)):
+            subprocess.run([sys.executable, __file__, "--child", str(spec), str(out)], check=True)
+            runs.append(json.loads(out.read_text()))
+            print(f"re-measurement {r + 1}/{max(args.repeats, 1)} done", file=sys.stderr, flush=True)
 
     cost = CostModel(profile)
-    rows = []
-    for dtype, samples in measured["gemm"].items():
-        for m, n, k, t in samples:
-            rows.append(("gemm", f"{dtype} {int(m)}x{int(n)}x{int(k)}", t, cost.gemm_s(Gemm(int(m), int(n), int(k)),
-                                                                                      dtype)))
-    for link in ("disk_read", "disk_write"):
-        for b, t in measured[link]:
-            rows.append((link, f"{int(b) / 2**20:.2f} MiB", t, cost.transfer_s(link, b)))
+    per_run = [_rows(cost, measured) for measured in runs]
+    # each shape's median measured time over the runs (this VM's disk drifts between runs minutes apart)
+    rows = [(fam, shape, float(np.median([run[i][2] for run in per_run])), pred)
+            for i, (fam, shape, _, pred) in enumerate(per_run[0])]
+    measured = runs[0]
 
     load = os.getloadavg()[0]
-    print(f"profile {path} ({profile.name}, {mode} mode, {threads} torch threads); re-measured in a separate "
-          f"process (disk: {disk_dir}, {measured['disk_method']}); load average now {load:.2f}\n")
+    print(f"profile {path} ({profile.name}, {mode} mode, {threads} torch threads); re-measured in {len(runs)} "
+          f"separate process(es), each shape's median over them (disk: {disk_dir}, {measured['disk_method']}); "
+          f"load average now {load:.2f}\n")
     print("| family | shape | measured ms | predicted ms | error |")
     print("|---|---|---|---|---|")
     for fam, shape, t, p in rows:
         print(f"| {fam} | {shape} | {t * 1e3:.3f} | {p * 1e3:.3f} | {(p - t) / t * 100:+.1f}% |")
     summary = {}
+    if len(per_run) > 1:
+        print("\nper re-measurement, median abs error:")
+        for r, run in enumerate(per_run):
+            parts = [f"{fam} {100 * float(np.median([abs(p - t) / t for f, _, t, p in run if f == fam])):.1f}%"
+                     for fam in ("gemm", "disk_read", "disk_write")]
+            print(f"  run {r + 1}: {', '.join(parts)}")
     print("\n| family | samples | median abs error | 90th percentile |")
     print("|---|---|---|---|")
     for fam in ("gemm", "disk_read", "disk_write"):
@@ -127,8 +137,22 @@ def main(argv: list[str] | None = None) -> int:
                         "p90": float(np.percentile(errs, 90))}
         print(f"| {fam} | {len(errs)} | {summary[fam]['median'] * 100:.1f}% | {summary[fam]['p90'] * 100:.1f}% |")
     if args.json:
-        args.json.write_text(json.dumps({"summary": summary, "rows": rows}, indent=1))
+        write_json_atomic(args.json, {"summary": summary, "rows": rows, "repeats": len(per_run),
+                                      "per_run_rows": per_run})
     return 0
+
+
+def _rows(cost: CostModel, measured: dict) -> list[tuple[str, str, float, float]]:
+    """(family, shape, measured s, predicted s) for one re-measurement."""
+    rows = []
+    for dtype, samples in measured["gemm"].items():
+        for m, n, k, t in samples:
+            rows.append(("gemm", f"{dtype} {int(m)}x{int(n)}x{int(k)}", t,
+                         cost.gemm_s(Gemm(int(m), int(n), int(k)), dtype)))
+    for link in ("disk_read", "disk_write"):
+        for b, t in measured[link]:
+            rows.append((link, f"{int(b) / 2**20:.2f} MiB", t, cost.transfer_s(link, b)))
+    return rows
 
 
 if __name__ == "__main__":

@@ -378,8 +378,7 @@ class Executor:
         with self.rec.busy(n, i, "compute"):
             pos_new = torch.tensor([t], device=self.dev)
             x_new = M.input_norm(a, w, hidden)
-            q = M.query(a, w, x_new, pos_new)
-            kv_new = M.kv_from_x(a, w, x_new, pos_new)
+            q, kv_new = M.query_and_kv(a, w, x_new, pos_new)  # one GEMM: the planner's qkv_proj
         attn = []
         for j in range(self.ngb):
             rows = slice(j * self.gb, (j + 1) * self.gb)

@@ -39,10 +39,11 @@ def layer_weight_shapes(m: ModelConfig) -> dict[str, tuple[int, ...]]:
     shapes: dict[str, tuple[int, ...]] = {"ln1.w": (h,)}
     if m.norm == "layernorm":
         shapes["ln1.b"] = (h,)
-    # W_k and W_v are kept as one [2*kv, h] matrix ("wkv"): one GEMM makes K,V in the stored layout
-    shapes.update({"wq": (q, h), "wkv": (2 * kv, h), "wo": (h, q)})
+    # W_q, W_k and W_v are kept as one [q + 2*kv, h] matrix ("wqkv"): one GEMM projects the new token
+    # (the planner's qkv_proj), and its last 2*kv rows alone make K,V in the stored layout (recompute)
+    shapes.update({"wqkv": (q + 2 * kv, h), "wo": (h, q)})
     if m.qkv_bias:
-        shapes.update({"bq": (q,), "bkv": (2 * kv,)})
+        shapes["bqkv"] = (q + 2 * kv,)
     if m.o_bias:
         shapes["bo"] = (h,)
     shapes["ln2.w"] = (h,)
@@ -175,9 +176,10 @@ class Checkpoint:
     def _take(self, mapping: dict[str, str], shapes: dict[str, tuple[int, ...]], dtype: torch.dtype):
         out = {}
         for name, shape in shapes.items():
-            if name in ("wkv", "bkv"):  # k_proj and v_proj stacked
-                t = torch.cat([self._tensor(mapping[name[:-2] + "k"]), self._tensor(mapping[name[:-2] + "v"])])
-                hf = f"{mapping[name[:-2] + 'k']} + {mapping[name[:-2] + 'v']}"
+            if name in ("wqkv", "bqkv"):  # q_proj, k_proj and v_proj stacked
+                parts = [mapping[name[0] + x] for x in "qkv"]
+                t = torch.cat([self._tensor(hf) for hf in parts])
+                hf = " + ".join(parts)
             else:
                 hf = mapping[name]
                 t = self._tensor(hf)
@@ -248,15 +250,38 @@ def _heads(t: torch.Tensor, n: int, d: int) -> torch.Tensor:
     return t.view(b, s, n, d).transpose(1, 2)
 
 
-def kv_from_x(a: Arch, w: dict[str, torch.Tensor], x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """K,V of tokens from their X, as one [batch, tokens, 2*kv_dim] tensor (K after RoPE, then V):
-    the layout in which the runtime stores and streams the KV cache."""
-    kv = F.linear(x, w["wkv"], w.get("bkv"))
+def _kv_weight(a: Arch, w: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """[W_k; W_v] and its bias: the last 2*kv rows of the fused QKV weight (a view, no copy)."""
+    if "wkv" in w:  # a bare K,V weight (the profiler's recompute probe)
+        return w["wkv"], w.get("bkv")
+    q = a.heads * a.head_dim
+    return w["wqkv"][q:], (w["bqkv"][q:] if "bqkv" in w else None)
+
+
+def _rope_k(a: Arch, kv: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """RoPE on the K half of [batch, tokens, 2*kv_dim], in place."""
     if a.rotary:
         kvd = a.kv_heads * a.head_dim
         k = kv[..., :kvd]
         kv[..., :kvd] = rope(a, _heads(k, a.kv_heads, a.head_dim), positions).transpose(1, 2).reshape(k.shape)
     return kv
+
+
+def kv_from_x(a: Arch, w: dict[str, torch.Tensor], x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """K,V of tokens from their X, as one [batch, tokens, 2*kv_dim] tensor (K after RoPE, then V):
+    the layout in which the runtime stores and streams the KV cache."""
+    return _rope_k(a, F.linear(x, *_kv_weight(a, w)), positions)
+
+
+def query_and_kv(a: Arch, w: dict[str, torch.Tensor], x: torch.Tensor,
+                 positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(query, kv_from_x) from one GEMM with the fused QKV weight: Q heads [batch, heads, tokens,
+    head_dim] and K,V [batch, tokens, 2*kv_dim], RoPE applied to both."""
+    q_dim = a.heads * a.head_dim
+    qkv = F.linear(x, w["wqkv"], w.get("bqkv"))
+    q = _heads(qkv[..., :q_dim], a.heads, a.head_dim)
+    kv = _rope_k(a, qkv[..., q_dim:].contiguous(), positions)
+    return (rope(a, q, positions) if a.rotary else q), kv
 
 
 def kv_from_x_into(a: Arch, w: dict[str, torch.Tensor], x_tm: torch.Tensor, positions: torch.Tensor,
@@ -267,9 +292,10 @@ def kv_from_x_into(a: Arch, w: dict[str, torch.Tensor], x_tm: torch.Tensor, posi
     torch.matmul of a non-contiguous 3-D X with `out` fell back to one small GEMM per token, 5-12x
     slower on the CPU (measured: opt-125m, 1024 tokens x 4 sequences, 335 ms vs 59 ms)."""
     n = out.shape[-1]
-    torch.mm(x_tm.reshape(-1, x_tm.shape[-1]), w["wkv"].t(), out=out.view(-1, n))
-    if "bkv" in w:
-        out.add_(w["bkv"])
+    wkv, bkv = _kv_weight(a, w)
+    torch.mm(x_tm.reshape(-1, x_tm.shape[-1]), wkv.t(), out=out.view(-1, n))
+    if bkv is not None:
+        out.add_(bkv)
     if a.rotary:
         kvd = a.kv_heads * a.head_dim
         n, b = out.shape[0], out.shape[1]
@@ -279,7 +305,8 @@ def kv_from_x_into(a: Arch, w: dict[str, torch.Tensor], x_tm: torch.Tensor, posi
 
 def query(a: Arch, w: dict[str, torch.Tensor], x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     """Q heads [batch, heads, tokens, head_dim], RoPE applied."""
-    q = _heads(F.linear(x, w["wq"], w.get("bq")), a.heads, a.head_dim)
+    q_dim = a.heads * a.head_dim
+    q = _heads(F.linear(x, w["wqkv"][:q_dim], w["bqkv"][:q_dim] if "bqkv" in w else None), a.heads, a.head_dim)
     return rope(a, q, positions) if a.rotary else q
 
 

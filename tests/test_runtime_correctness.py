@@ -142,10 +142,11 @@ def test_hugging_face_checkpoint_is_loaded(m, tmp_path):
     hf = {}
     for i, w in enumerate(layers):
         w = dict(w)
-        kvd = m.kv_dim
-        w["wk"], w["wv"] = w["wkv"][:kvd], w["wkv"][kvd:]  # Hugging Face keeps k_proj and v_proj apart
-        if "bkv" in w:
-            w["bk"], w["bv"] = w["bkv"][:kvd], w["bkv"][kvd:]
+        q, kvd = m.q_dim, m.kv_dim
+        # Hugging Face keeps q_proj, k_proj and v_proj apart
+        w["wq"], w["wk"], w["wv"] = w["wqkv"][:q], w["wqkv"][q:q + kvd], w["wqkv"][q + kvd:]
+        if "bqkv" in w:
+            w["bq"], w["bk"], w["bv"] = w["bqkv"][:q], w["bqkv"][q:q + kvd], w["bqkv"][q + kvd:]
         for ours, theirs in M._hf_layer_names(m, i).items():
             if ours in w:
                 hf["model." + theirs] = w[ours]
