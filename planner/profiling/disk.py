@@ -159,6 +159,7 @@ def busy_thread(work: Callable[[], object] | None) -> Iterator[None]:
 
 def writeback_samples(
     disk_dir: Path, sizes: Sequence[int], reps: Repeats, budget_s: float, busy: Callable[[], object] | None = None,
+    timed: dict[int, list[float]] | None = None, first_round: int = 0,
 ) -> SampleSet:
     """Writes as the runtime makes them: `size` bytes appended at successive (unaligned) offsets of a
     preallocated file through runtime.tiers.DiskFile.write (page read-modify-write kept in its tail
@@ -166,12 +167,14 @@ def writeback_samples(
     K,V or X and prefill writes the prompt's; median of the calls per size (the runtime reports a
     mean; the disk's drift is not one-sided), optionally with a compute loop running (`busy`).
     Sizes up to WRITEBACK_MANY_BYTES get 8 calls, larger ones 3; the offsets wrap within twice the
-    largest size, so the file stays small."""
+    largest size, so the file stays small. `timed` (size -> call times) accumulates over calls, as
+    in `disk_samples`, so the rounds can be spread over the profile; each call orders the sizes by
+    its `first_round` seed and returns the samples of everything timed so far."""
     import torch
 
     from runtime.tiers import DiskFile
 
-    rows: list[list[float]] = []
+    timed = {} if timed is None else timed
     start = time.perf_counter()
     path = disk_dir / (PROBE_FILE + "-writeback")
     window = 2 * max(sizes) + PAGE
@@ -179,10 +182,12 @@ def writeback_samples(
     try:
         f = DiskFile(path, window + PAGE)
         offset = 0
+        done = 0
         with busy_thread(busy):
-            for size in sizes:
-                if rows and time.perf_counter() - start > budget_s:
+            for size in random.Random(DISK_ORDER_SEED + first_round).sample(list(sizes), len(sizes)):
+                if done and time.perf_counter() - start > budget_s:
                     break
+                done += 1
                 calls = max(reps.min_reps, 8 if size <= WRITEBACK_MANY_BYTES else 3)
                 data = torch.full((size,), 7, dtype=torch.uint8)
                 times = []
@@ -193,7 +198,7 @@ def writeback_samples(
                     f.write(offset, data, 0)
                     times.append(time.perf_counter() - t0)
                     offset += size
-                rows.append([float(size), statistics.median(times)])
+                timed.setdefault(size, []).extend(times)
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
             raise KvplanError(f"--disk-dir {disk_dir} filled up during the disk probe") from exc
@@ -201,6 +206,7 @@ def writeback_samples(
     finally:
         if f is not None:
             f.close()
+    rows = [[float(size), statistics.median(timed[size])] for size in sorted(timed)]
     return SampleSet(["bytes", "time_s"], rows, len(sizes) - len(rows))
 
 

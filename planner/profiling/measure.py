@@ -144,11 +144,22 @@ def _measure(mode: str | Mode, disk_dir: str | Path | None, force_cpu: bool,
     rounds = disk.disk_passes(reps)
     round_budget = disk_budget * 7 / 12 / rounds
 
-    def disk_round(k: int, count: int = 1) -> tuple[SampleSet, SampleSet, str]:
-        return disk.disk_samples(disk_path, disk_sizes, reps, round_budget * count,
-                                 progress(f"disk beside compute, round {k + 1}/{rounds} ({disk_path})",
-                                          count * len(disk_sizes)),
-                                 busy=busy, passes=count, timed=disk_timed, first_round=k)
+    # every write the runtime makes goes through its DiskFile (write-backs and prefill alike), which
+    # copies into an aligned buffer first: 1-16 MiB went at 1.1-1.3 GB/s that way, 1.6-2.5 GB/s as
+    # plain O_DIRECT writes (docs/profiling.md), so link.disk_write is timed through DiskFile at every
+    # size, in the same spread rounds as the reads
+    write_sizes = sorted(set(m.small_write_sizes) | set(disk_sizes))
+    write_timed: dict[int, list[float]] = {}
+
+    def disk_round(k: int, count: int = 1) -> tuple[SampleSet, SampleSet]:
+        reads, _, _ = disk.disk_samples(disk_path, disk_sizes, reps, round_budget * count,
+                                        progress(f"disk beside compute, round {k + 1}/{rounds} ({disk_path})",
+                                                 count * len(disk_sizes)),
+                                        busy=busy, passes=count, timed=disk_timed, first_round=k)
+        for j in range(k, k + count):
+            writes = disk.writeback_samples(disk_path, write_sizes, reps, disk_budget / 4 / rounds, busy=busy,
+                                            timed=write_timed, first_round=j)
+        return reads, writes
 
     disk_round(0)
 
@@ -199,13 +210,7 @@ def _measure(mode: str | Mode, disk_dir: str | Path | None, force_cpu: bool,
         disk_path, disk_sizes, reps, disk_budget / 6, bar(f"disk alone ({disk_path})", len(disk_sizes)), passes=1)
     samples["link.disk_read_idle"], samples["link.disk_write_idle"] = idle_r, idle_w
     done = 2 if rounds > 2 else 1
-    reads, _, method = disk_round(done, rounds - done)
-    # every write the runtime makes goes through its DiskFile (write-backs and prefill alike), which
-    # copies into an aligned buffer first: 1-16 MiB went at 1.1-1.3 GB/s that way, 1.7-2.5 GB/s as
-    # plain O_DIRECT writes (docs/profiling.md), so link.disk_write is timed through DiskFile at every size
-    write_sizes = sorted(set(m.small_write_sizes) | set(disk_sizes))
-    samples["link.disk_read"] = reads
-    samples["link.disk_write"] = disk.writeback_samples(disk_path, write_sizes, reps, disk_budget / 4, busy=busy)
+    samples["link.disk_read"], samples["link.disk_write"] = disk_round(done, rounds - done)
     if dev == "cuda":
         samples["link.disk_to_device"] = disk.disk_to_device_samples(disk_path, disk_sizes, reps,
                                                                      m.budget_s["disk"] / 3)
