@@ -37,6 +37,26 @@ def run(plan: dict[str, Any], profile_path: Path, layers: int, steps: int, disk_
                                                          threads=threads))
 
 
+def run_in_rounds(plans: list[tuple[Any, dict[str, Any]]], repeats: int, profile_path: Path, layers: int,
+                  steps: int, disk_dir: Path, threads: int | None) -> dict[Any, list[dict[str, Any]]]:
+    """Run every (key, plan) `repeats` times, in rounds over the whole list, so that one plan's runs
+    are spread over the benchmark's minutes (this VM's disk drifts by up to 1.5x over tens of
+    seconds); the run records per key, in run order."""
+    runs: dict[Any, list[dict[str, Any]]] = {key: [] for key, _ in plans}
+    for r in range(repeats):
+        for key, plan in plans:
+            runs[key].append(run(plan, profile_path, layers, steps, disk_dir, threads))
+            print(f"  round {r + 1}/{repeats} {key}: measured {runs[key][-1]['measured']['decode_step_s']:.3f} s",
+                  flush=True)
+    return runs
+
+
+def median_run(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run record with the median decode step (the lower middle one for an even count)."""
+    ordered = sorted(records, key=lambda rec: rec["measured"]["decode_step_s"])
+    return ordered[(len(ordered) - 1) // 2]
+
+
 def load_note() -> str:
     one, five, _ = os.getloadavg()
     return f"load average {one:.2f} (1 min) / {five:.2f} (5 min) on {os.cpu_count()} CPUs"

@@ -15,7 +15,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from _runtime_bench import REPO, load_note, local_profile, run
+from _runtime_bench import REPO, load_note, local_profile, median_run, run_in_rounds
 
 from planner.errors import KvplanError
 from planner.jsonio import write_json_atomic
@@ -64,20 +64,12 @@ def main() -> int:
             plans.append((k, solve(req, profile)))
         except KvplanError as exc:
             print(f"  #{k} {name} {strategy}: not solvable here ({exc})", flush=True)
-    # every plan runs `repeats` times, round-robin over the plans so that each plan's runs are spread
-    # over the benchmark's minutes (this VM's disk drifts by up to 1.5x over tens of seconds); each plan
-    # keeps its median run
-    runs: dict[int, list[dict]] = {k: [] for k, _ in plans}
-    for r in range(args.repeats):
-        for k, plan in plans:
-            runs[k].append(run(plan, profile_path, args.layers, args.steps, Path(args.disk_dir), args.threads))
-            m = runs[k][-1]["measured"]["decode_step_s"]
-            print(f"  round {r + 1}/{args.repeats} #{k}: measured {m:.3f} s", flush=True)
+    runs = run_in_rounds([(f"#{k}", plan) for k, plan in plans], args.repeats, profile_path, args.layers,
+                         args.steps, Path(args.disk_dir), args.threads)
     rows = []
     for k, plan in plans:
         name, seq, gen, batch, strategy, cap = CASES[k - 1]
-        ordered = sorted(runs[k], key=lambda rec: rec["measured"]["decode_step_s"])
-        rec = ordered[(len(ordered) - 1) // 2]
+        rec = median_run(runs[f"#{k}"])
         pred, meas = rec["predicted"], rec["measured"]
         busy = meas["per_layer_busy_s"]
         top = max(busy, key=lambda r: busy[r])
@@ -88,7 +80,7 @@ def main() -> int:
             "weights_disk": d["weight_placement"]["disk"],
             "gpu_batch": d["gpu_batch"], "num_gpu_batches": d["num_gpu_batches"],
             "predicted_s": pred["decode_step_s"], "measured_s": meas["decode_step_s"],
-            "measured_runs_s": [x["measured"]["decode_step_s"] for x in runs[k]],
+            "measured_runs_s": [x["measured"]["decode_step_s"] for x in runs[f"#{k}"]],
             "gap_pct": 100 * (meas["decode_step_s"] - pred["decode_step_s"]) / pred["decode_step_s"],
             "predicted_bound": pred["timeline"]["bound_by"] if "timeline" in pred else None,
             "measured_busiest": top,

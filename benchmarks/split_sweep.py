@@ -16,7 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from _runtime_bench import REPO, load_note, local_profile, run, with_decisions
+from _runtime_bench import REPO, load_note, local_profile, median_run, run_in_rounds, with_decisions
 
 from planner.jsonio import write_json_atomic
 from planner.models import load_model
@@ -55,22 +55,15 @@ def main() -> int:
         p = with_decisions(plan, split_tokens=l_tok)
         pred = evaluate(model, p["inputs"], decisions_from_dict(p["decisions"], args.seq), profile)
         variants.append((l_tok, p, pred))
-    # rounds over the points, so that each point's runs are spread over the benchmark's minutes (this
-    # VM's disk drifts by up to 1.5x over tens of seconds); each point keeps its median run
-    runs: dict[int, list[dict]] = {l_tok: [] for l_tok in points}
-    for r in range(args.repeats):
-        for l_tok, p, _ in variants:
-            runs[l_tok].append(run(p, profile_path, args.layers, args.steps, Path(args.disk_dir), args.threads))
-            print(f"  round {r + 1}/{args.repeats} l={l_tok}: measured "
-                  f"{runs[l_tok][-1]['measured']['decode_step_s']:.3f} s", flush=True)
+    runs = run_in_rounds([(f"l={l_tok}", p) for l_tok, p, _ in variants], args.repeats, profile_path,
+                         args.layers, args.steps, Path(args.disk_dir), args.threads)
     rows = []
     for l_tok, _, pred in variants:
-        ordered = sorted(runs[l_tok], key=lambda rec: rec["measured"]["decode_step_s"])
-        rec = ordered[(len(ordered) - 1) // 2]
+        rec = median_run(runs[f"l={l_tok}"])
         busy = rec["measured"]["per_layer_busy_s"]
         rows.append({"split": l_tok, "predicted_s": pred["decode_step_s"],
                      "measured_s": rec["measured"]["decode_step_s"],
-                     "measured_runs_s": [x["measured"]["decode_step_s"] for x in runs[l_tok]],
+                     "measured_runs_s": [x["measured"]["decode_step_s"] for x in runs[f"l={l_tok}"]],
                      "compute_busy_s": busy["compute"],
                      "disk_read_busy_s": busy["disk_read"], "predicted_compute_s": pred["per_layer_busy_s"]["compute"],
                      "predicted_disk_read_s": pred["per_layer_busy_s"]["disk_read"],
