@@ -98,9 +98,10 @@ def _read_all(fd: int, view: memoryview, offset: int) -> None:
 
 
 def _time_size(fd: int, view: memoryview, size: int, method: str, reps: Repeats,
-               file_bytes: int | None = None, dest: memoryview | None = None) -> tuple[list[float], list[float]]:
-    """Writes, then reads, of `size` bytes, warmup + max(min_reps, 4) of each; (write times, read
-    times). The reads run back to back over successive chunks of the file (wrapping within
+               file_bytes: int | None = None, dest: memoryview | None = None,
+               writes: bool = True) -> tuple[list[float], list[float]]:
+    """Writes (unless `writes` is False), then reads, of `size` bytes, warmup + max(min_reps, 4) of
+    each; (write times, read times). The reads run back to back over successive chunks of the file (wrapping within
     `file_bytes`), as the runtime's disk worker streams one GPU batch's K,V after another: on this
     VM's virtual disk an isolated 12 MB read ran at 2.7 GB/s but a stream of them at 2.1 GB/s, the
     sustained rate (docs/profiling.md). Each read lands in the next `size`-byte slot of `dest` (default:
@@ -113,7 +114,7 @@ def _time_size(fd: int, view: memoryview, size: int, method: str, reps: Repeats,
     dest = view if dest is None else dest
     slots = max(1, len(dest) // size)
     with view[:size] as part:
-        for i in range(count):
+        for i in range(count if writes else 0):
             t0 = time.perf_counter()
             _write_all(fd, part, 0)
             if method != "o_direct":
@@ -218,13 +219,15 @@ def disk_passes(reps: Repeats) -> int:
 def disk_samples(
     disk_dir: Path, sizes: Sequence[int], reps: Repeats, budget_s: float, progress: Progress | None = None,
     busy: Callable[[], object] | None = None, passes: int | None = None,
-    timed: dict[int, tuple[list[float], list[float]]] | None = None, first_round: int = 0,
+    timed: dict[int, tuple[list[float], list[float]]] | None = None, first_round: int = 0, writes: bool = True,
 ) -> tuple[SampleSet, SampleSet, str]:
     """(reads, writes, method). Sizes are rounded up to whole pages. With `busy`, every transfer is
     timed while another thread runs `busy` in a loop (the runtime's compute beside its disk worker).
     `timed` (size -> write times, read times) accumulates over calls, so a caller can spread the
     rounds over minutes (planner/profiling/measure.py) and take the samples of the last call;
-    `first_round` numbers this call's rounds (each round orders the sizes differently)."""
+    `first_round` numbers this call's rounds (each round orders the sizes differently). With `writes`
+    False only reads are timed (callers that take their writes from `writeback_samples`) and the
+    writes sample set is empty."""
     sizes = [max(PAGE, -(-s // PAGE) * PAGE) for s in sizes]
     largest = max(sizes)
     path = disk_dir / PROBE_FILE
@@ -237,7 +240,7 @@ def disk_samples(
     dest = memoryview(arena)
     dest[::PAGE] = bytes(len(dest[::PAGE]))
     reads: list[list[float]] = []
-    writes: list[list[float]] = []
+    write_rows: list[list[float]] = []
     skipped = 0
     start = time.perf_counter()
     fd, method = -1, "o_direct"
@@ -255,13 +258,13 @@ def disk_samples(
                 order = random.Random(DISK_ORDER_SEED + first_round + k)
                 for size in order.sample(sizes, len(sizes)):
                     if time.perf_counter() - start <= budget_s:
-                        wtimes, rtimes = _time_size(fd, view, size, method, reps, largest, dest)
+                        wtimes, rtimes = _time_size(fd, view, size, method, reps, largest, dest, writes)
                         w, r = timed.setdefault(size, ([], []))
                         w.extend(wtimes)
                         r.extend(rtimes)
                     if progress:
                         progress(1)
-        writes = [[size, statistics.median(timed[size][0])] for size in sizes if size in timed]
+        write_rows = [[size, statistics.median(timed[size][0])] for size in sizes if size in timed and timed[size][0]]
         reads = [[size, statistics.median(timed[size][1])] for size in sizes if size in timed]
         skipped = len(sizes) - len(timed)
     except OSError as exc:
@@ -280,7 +283,7 @@ def disk_samples(
         except OSError:
             pass
     cols = ["bytes", "time_s"]
-    return SampleSet(cols, reads, skipped), SampleSet(cols, writes, skipped), method
+    return SampleSet(cols, reads, skipped), SampleSet(cols, write_rows, skipped), method
 
 
 def disk_to_device_samples(disk_dir: Path, sizes: Sequence[int], reps: Repeats, budget_s: float) -> SampleSet:
@@ -328,4 +331,3 @@ def disk_to_device_samples(disk_dir: Path, sizes: Sequence[int], reps: Repeats, 
         except OSError:
             pass
     return SampleSet(["bytes", "time_s"], rows)
-

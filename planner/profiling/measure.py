@@ -155,7 +155,8 @@ def _measure(mode: str | Mode, disk_dir: str | Path | None, force_cpu: bool,
         reads, _, _ = disk.disk_samples(disk_path, disk_sizes, reps, round_budget * count,
                                         progress(f"disk beside compute, round {k + 1}/{rounds} ({disk_path})",
                                                  count * len(disk_sizes)),
-                                        busy=busy, passes=count, timed=disk_timed, first_round=k)
+                                        busy=busy, passes=count, timed=disk_timed, first_round=k,
+                                        writes=False)
         for j in range(k, k + count):
             writes = disk.writeback_samples(disk_path, write_sizes, reps, disk_budget / 4 / rounds, busy=busy,
                                             timed=write_timed, first_round=j)
@@ -171,8 +172,7 @@ def _measure(mode: str | Mode, disk_dir: str | Path | None, force_cpu: bool,
         samples[f"gemm.device.{dtype}"] = compute.gemm_samples(
             gemm_shapes, dtype, dev, reps, budget, bar(f"GEMM {dtype} on {dev}", len(gemm_shapes)),
             cold_bytes=cold_bytes, recompute=recompute)
-    if rounds > 2:
-        disk_round(1)
+    disk_round(1)
     att_shapes = shapes.attention_shapes(m)
     for dtype in m.dtypes:
         budget = m.budget_s["attention"] / len(m.dtypes)
@@ -209,8 +209,7 @@ def _measure(mode: str | Mode, disk_dir: str | Path | None, force_cpu: bool,
     idle_r, idle_w, method = disk.disk_samples(
         disk_path, disk_sizes, reps, disk_budget / 6, bar(f"disk alone ({disk_path})", len(disk_sizes)), passes=1)
     samples["link.disk_read_idle"], samples["link.disk_write_idle"] = idle_r, idle_w
-    done = 2 if rounds > 2 else 1
-    samples["link.disk_read"], samples["link.disk_write"] = disk_round(done, rounds - done)
+    samples["link.disk_read"], samples["link.disk_write"] = disk_round(2, rounds - 2)  # rounds >= DISK_PASSES = 3
     if dev == "cuda":
         samples["link.disk_to_device"] = disk.disk_to_device_samples(disk_path, disk_sizes, reps,
                                                                      m.budget_s["disk"] / 3)
