@@ -27,7 +27,7 @@ from planner.models import CATALOG
 from planner.profile import find_local_profile, load_profile
 from planner.profiling.modes import get_mode
 
-TOKENS = (10, 20, 40, 160)  # row counts no model probes in the smoke and quick modes (shapes.py staggering)
+TOKENS = (10, 20, 40, 160)  # row counts no model probes in the smoke and quick modes (shapes._gemm_rows)
 EXTRA_MODELS = ("opt-6.7b", "mistral-7b", "qwen2.5-7b", "llama-2-13b", "opt-1.3b", "tinyllama-1.1b")
 DISK_SIZES = tuple(3 << k for k in range(14, 27, 2))  # 48 KiB .. 192 MiB, never a power of two
 
@@ -63,7 +63,7 @@ def child(spec_path: Path, out_path: Path) -> None:
     # the same rounds and statistic (planner/profiling/disk.py), at sizes the profile did not probe
     busy = measure._busy_work(min(measure.BUSY_ARENA_BYTES, spec["cold_bytes"] or measure.BUSY_ARENA_BYTES))
     reads, _, method = disk.disk_samples(Path(spec["disk_dir"]), spec["disk_sizes"], mode.repeats, 1e9,
-                                              busy=busy)
+                                         busy=busy, writes=False)
     # writes through the runtime's DiskFile at every size, as link.disk_write was measured
     write_timed: dict[int, list[float]] = {}
     for k in range(disk.disk_passes(mode.repeats)):  # the profile's rounds

@@ -36,8 +36,9 @@ def _gemm_rows(mode: Mode, index: int) -> list[int]:
 
 
 def gemm_shapes(mode: Mode) -> list[tuple[int, int, int]]:
-    """(m, n, k) of every projection and of the KV recompute, for each model and (staggered) token
-    count; cheapest first so a time budget cuts the biggest ones."""
+    """(m, n, k) of every projection and of the KV recompute, for each model at its row counts
+    (`_gemm_rows`), plus the recompute at the mode's `recompute_rows`; cheapest first so a time
+    budget cuts the biggest ones."""
     shapes: set[tuple[int, int, int]] = set()
     models = _models(mode.gemm_models)
     for i, model in enumerate(models):
