@@ -301,8 +301,8 @@ class Executor:
             w = self.weights.get(i)
             for j in range(self.ngb):
                 x = M.input_norm(a, w, hs[j])
-                kv = M.kv_from_x(a, w, x, pos)
-                hs[j] = M.finish_layer(a, w, hs[j], M.attention(a, M.query(a, w, x, pos), kv, causal=True))
+                q, kv = M.query_and_kv(a, w, x, pos)
+                hs[j] = M.finish_layer(a, w, hs[j], M.attention(a, q, kv, causal=True))
                 if min(self.l, P) > 0:
                     self.x.write(i, j, 0, x[:, :min(self.l, P)])
                 if P > self.l:
