@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,9 @@ class Profile:
     disk_free_bytes: int
     links: dict[str, Link]
     data: dict[str, Any]
+    # how much slower or faster than the fitted model the disk ran from one round of the profile to the
+    # next, as multipliers of a transfer's time (fast <= 1 <= slow); None: not measured (datasheets)
+    disk_time_spread: tuple[float, float] | None = None
 
     @property
     def profile_hash(self) -> str:
@@ -140,7 +144,22 @@ def profile_from_dict(data: Any, origin: str = "<profile>") -> Profile:
         disk_free_bytes=int(_positive(_get(disk, "free_bytes", f"{origin} disk"), "disk.free_bytes", allow_zero=True)),
         links=links,
         data=data,
+        disk_time_spread=_time_spread(disk.get("read_time_spread"), origin),
     )
+
+
+def _time_spread(obj: Any, origin: str) -> tuple[float, float] | None:
+    """disk.read_time_spread {"fast": f, "slow": s, ...} as (f, s), checked 0 < f <= 1 <= s."""
+    if obj is None:
+        return None
+    where = f"profile {origin}: disk.read_time_spread"
+    if not isinstance(obj, dict):
+        raise KvplanError(f"{where} must be an object with 'fast' and 'slow'")
+    fast, slow = _get(obj, "fast", where), _get(obj, "slow", where)
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (fast, slow)) \
+            or not 0 < fast <= 1 <= slow:
+        raise KvplanError(f"{where} needs 0 < fast <= 1 <= slow, got fast={fast!r} slow={slow!r}")
+    return float(fast), float(slow)
 
 
 def _check_optional_sections(data: dict[str, Any], origin: str) -> None:

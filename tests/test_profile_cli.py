@@ -29,6 +29,12 @@ def test_smoke_profile_is_a_valid_measured_profile(local_profile_path):
         assert model["kind"] in fitted.KINDS
         assert 0 <= model["cv_mape"] < 5
         assert len(data["samples"][key]["rows"]) == model["n_samples"] >= 3
+    # the disk's drift between rounds: per-round medians kept, their spread around 1
+    rounds = data["samples"]["link.disk_read_rounds"]
+    assert rounds["columns"] == ["bytes", "round", "time_s"]
+    assert {row[1] for row in rounds["rows"]} == {0, 1, 2}
+    fast, slow = profile.disk_time_spread
+    assert 0 < fast <= 1 <= slow
     # plain data only: the profile round-trips through JSON unchanged
     assert json.loads(json.dumps(data)) == data
 
@@ -99,6 +105,17 @@ def test_profile_validation_rejects_malformed_cost_models(local_profile_path):
     data["cost_models"]["gemm.device.float32"]["linear"] = [1.0, -2.0]
     with pytest.raises(Exception, match="linear"):
         profile_from_dict(data, "x")
+
+
+@pytest.mark.parametrize("spread", [{"fast": 1.2, "slow": 1.5}, {"fast": 0.8, "slow": 0.9},
+                                    {"fast": "0.8", "slow": 1.2}, {"fast": 0.8}, [0.8, 1.2],
+                                    {"fast": 0.0, "slow": 1.2}])
+def test_malformed_disk_spread_is_a_one_line_error(spread, run_cli, local_profile_path, write_json):
+    data = json.loads(local_profile_path.read_text())
+    data["disk"]["read_time_spread"] = spread
+    path = write_json("bad.json", data)
+    result = run_cli("solve", "--profile", path, "--model", "opt-125m", "--seq", "512")
+    assert result.exit_code == 2 and "read_time_spread" in result.stderr and result.stderr.count("\n") == 1
 
 
 def test_cuda_profile_assembly_without_a_gpu(monkeypatch, tmp_path):

@@ -262,7 +262,9 @@ def test_whole_token_plans_stay_within_every_tier(model_name, gpu, seq, batch, c
 
 @pytest.mark.parametrize("objective", ["latency", "throughput"])
 def test_split_refinement_is_never_worse_than_the_milp_split(objective, local_profile_path):
-    """The full models refine the MILP's l; the plan is never predicted worse than at the MILP's own l."""
+    """The full models refine the MILP's l; at the profiled disk rate the refined split is never
+    predicted worse than the MILP's own l (when the plan then hedges l against the disk's drift, the
+    refined split before hedging is recorded in solver.split_hedge)."""
     from planner.plan import plan_from_dict
 
     for model_name, profile, extra in (("opt-13b", A100, {}),
@@ -271,12 +273,55 @@ def test_split_refinement_is_never_worse_than_the_milp_split(objective, local_pr
         data = solve(SolveRequest(model=model, seq=2048, gen=16, batch=8, objective=objective,
                                   strategy="recompute", **extra), profile)
         plan = plan_from_dict(data)
-        at_milp = evaluate(model, data["inputs"], dataclasses.replace(
-            plan.decisions, split_tokens=data["solver"]["milp_split_tokens"]), profile)
+        hedge = data["solver"]["split_hedge"]
+        refined = hedge["nominal_split_tokens"] if hedge else plan.decisions.split_tokens
+
+        at_refined, at_milp = (
+            evaluate(model, data["inputs"], dataclasses.replace(plan.decisions, split_tokens=split), profile)
+            for split in (refined, data["solver"]["milp_split_tokens"]))
         if objective == "latency":
-            assert data["prediction"]["decode_step_s"] <= at_milp["decode_step_s"]
+            assert at_refined["decode_step_s"] <= at_milp["decode_step_s"]
         else:
-            assert data["prediction"]["throughput_tokens_per_s"] >= at_milp["throughput_tokens_per_s"]
+            assert at_refined["throughput_tokens_per_s"] >= at_milp["throughput_tokens_per_s"]
+
+
+def test_split_is_hedged_against_the_disks_measured_drift(local_profile_path):
+    """With K,V on disk and a profile whose disk moved between x0.7 and x1.3 of its fitted time, the
+    plan's l minimises the worst regret over those disk rates: checked against a grid of splits
+    evaluated independently, and far below the worst regret of the split that is best at the
+    profiled rate only. Without a measured spread (datasheets) nothing is hedged."""
+    from planner.plan import plan_from_dict
+    from planner.profile import profile_from_dict
+
+    data = json.loads(local_profile_path.read_text())
+    data["disk"]["read_time_spread"] = {"fast": 0.7, "slow": 1.3}
+    profile = profile_from_dict(data, "drift")
+    model = load_model("opt-125m")
+    plan_data = solve(SolveRequest(model=model, seq=2048, gen=16, batch=8, objective="latency",
+                                   strategy="recompute", gpu_mem_bytes=10**9), profile)
+    plan = plan_from_dict(plan_data)
+    hedge = plan_data["solver"]["split_hedge"]
+    assert hedge["disk_time_scales"] == [0.7, 1.0, 1.3]
+    scales = hedge["disk_time_scales"]
+
+    def step(split: int, scale: float) -> float:
+        d = dataclasses.replace(plan.decisions, split_tokens=split)
+        return evaluate(model, plan_data["inputs"], d, profile, disk_time_scale=scale)["decode_step_s"]
+
+    grid = range(0, 2049, 32)
+    best = {s: min(step(g, s) for g in grid) for s in scales}
+
+    def regret(split: int) -> float:
+        return max(step(split, s) / best[s] for s in scales) - 1
+
+    chosen = plan.decisions.split_tokens
+    assert regret(chosen) <= min(regret(g) for g in grid) + 0.01
+    assert abs(100 * regret(chosen) - hedge["worst_regret_pct"]) < 1.5  # the grid's best is near the search's
+    assert regret(chosen) < regret(hedge["nominal_split_tokens"]) - 0.05
+    # the disk's time scale only moves the disk: at x1 the prediction is the plan's own
+    assert step(chosen, 1.0) == plan_data["prediction"]["decode_step_s"]
+    assert solve(SolveRequest(model=load_model("opt-13b"), seq=2048, gen=16, batch=8, strategy="recompute"),
+                 A100)["solver"]["split_hedge"] is None
 
 
 def test_weights_streamed_from_disk_are_paid_layer_by_layer(local_profile_path):

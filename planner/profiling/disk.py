@@ -331,3 +331,36 @@ def disk_to_device_samples(disk_dir: Path, sizes: Sequence[int], reps: Repeats, 
         except OSError:
             pass
     return SampleSet(["bytes", "time_s"], rows)
+
+
+SPREAD_MIN_BYTES = 1 << 20  # below this a read's time is mostly latency, not the disk's rate
+SPREAD_QUANTILES = (0.1, 0.9)
+
+
+def round_medians(timed: dict[int, tuple[list[float], list[float]]], before: dict[int, int],
+                  round_index: int) -> list[list[float]]:
+    """Rows [bytes, round, median read time] of the reads `disk_samples` appended to `timed` since
+    `before` (size -> how many read times it held then)."""
+    rows = []
+    for size in sorted(timed):
+        new = timed[size][1][before.get(size, 0):]
+        if new:
+            rows.append([size, round_index, statistics.median(new)])
+    return rows
+
+
+def time_spread(rows: Sequence[Sequence[float]]) -> dict[str, float | int | list[float]] | None:
+    """How far the disk's rate moved between the profile's rounds: each size's per-round median read
+    time over that size's median across rounds, pooled over sizes of at least SPREAD_MIN_BYTES; the
+    SPREAD_QUANTILES of those ratios are the "fast" and "slow" multipliers of a transfer's time
+    (clamped to <= 1 and >= 1). None with fewer than two rounds."""
+    by_size: dict[float, list[float]] = {}
+    for size, _round, t in rows:
+        if size >= SPREAD_MIN_BYTES and t > 0:
+            by_size.setdefault(size, []).append(t)
+    ratios = [t / statistics.median(ts) for ts in by_size.values() if len(ts) >= 2 for t in ts]
+    if len(ratios) < 2:
+        return None
+    cuts = statistics.quantiles(ratios, n=10, method="inclusive")  # deciles: cuts[0] = q10, cuts[-1] = q90
+    return {"fast": round(min(1.0, cuts[0]), 4), "slow": round(max(1.0, cuts[-1]), 4),
+            "quantiles": list(SPREAD_QUANTILES), "ratios": len(ratios)}

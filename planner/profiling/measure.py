@@ -25,7 +25,7 @@ ProgressFactory = Callable[[str, int], Callable[[int], None]]
 DEFAULT_DISK_DIR = Path(tempfile.gettempdir()) / "kvplan-kvcache"
 OPTIONAL_FITS = ("link.disk_to_device",)
 # samples kept for readers (and refits) but not fitted: the disk with nothing else running
-NOT_FITTED = ("link.disk_read_idle", "link.disk_write_idle")
+NOT_FITTED = ("link.disk_read_idle", "link.disk_write_idle", "link.disk_read_rounds")
 BUSY_ARENA_BYTES = 256 << 20  # the compute loop beside the disk probe streams this many bytes of weights
 
 
@@ -151,12 +151,16 @@ def _measure(mode: str | Mode, disk_dir: str | Path | None, force_cpu: bool,
     write_sizes = sorted(set(m.small_write_sizes) | set(disk_sizes))
     write_timed: dict[int, list[float]] = {}
 
+    round_rows: list[list[float]] = []  # [bytes, round, median read time]: the disk's drift between rounds
+
     def disk_round(k: int, count: int = 1) -> tuple[SampleSet, SampleSet]:
+        before = {size: len(times[1]) for size, times in disk_timed.items()}
         reads, _, _ = disk.disk_samples(disk_path, disk_sizes, reps, round_budget * count,
                                         progress(f"disk beside compute, round {k + 1}/{rounds} ({disk_path})",
                                                  count * len(disk_sizes)),
                                         busy=busy, passes=count, timed=disk_timed, first_round=k,
                                         writes=False)
+        round_rows.extend(disk.round_medians(disk_timed, before, k))
         for j in range(k, k + count):
             writes = disk.writeback_samples(disk_path, write_sizes, reps, disk_budget / 4 / rounds, busy=busy,
                                             timed=write_timed, first_round=j)
@@ -210,6 +214,7 @@ def _measure(mode: str | Mode, disk_dir: str | Path | None, force_cpu: bool,
         disk_path, disk_sizes, reps, disk_budget / 6, bar(f"disk alone ({disk_path})", len(disk_sizes)), passes=1)
     samples["link.disk_read_idle"], samples["link.disk_write_idle"] = idle_r, idle_w
     samples["link.disk_read"], samples["link.disk_write"] = disk_round(2, rounds - 2)  # rounds >= DISK_PASSES = 3
+    samples["link.disk_read_rounds"] = SampleSet(["bytes", "round", "time_s"], round_rows, 0)
     if dev == "cuda":
         samples["link.disk_to_device"] = disk.disk_to_device_samples(disk_path, disk_sizes, reps,
                                                                      m.budget_s["disk"] / 3)
@@ -296,6 +301,10 @@ def _assemble(
             "memory_gb_per_s_note": "2 x the sustained copy rate (a copy reads and writes every byte)",
         },
     }
+    rounds = samples.get("link.disk_read_rounds")
+    spread = disk.time_spread(rounds.rows) if rounds is not None else None
+    if spread is not None:
+        data["disk"]["read_time_spread"] = spread
     if device.type == "cuda":
         data["pcie"] = {"generation": device.pcie_generation, "width": device.pcie_width}
         data["device"]["compute_capability"] = device.compute_capability

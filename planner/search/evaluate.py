@@ -132,8 +132,11 @@ def setting_for(model: ModelConfig, inputs: dict[str, Any], dtype: str, profile:
     )
 
 
-def evaluate(model: ModelConfig, inputs: dict[str, Any], decisions: Decisions, profile: Profile) -> dict[str, Any]:
-    """The "prediction" object (docs/plan-schema.md) of `decisions` under `profile`'s full cost models."""
+def evaluate(model: ModelConfig, inputs: dict[str, Any], decisions: Decisions, profile: Profile,
+             disk_time_scale: float = 1.0) -> dict[str, Any]:
+    """The "prediction" object (docs/plan-schema.md) of `decisions` under `profile`'s full cost models.
+    `disk_time_scale` multiplies every disk transfer's time (the planner's what-if for a disk that runs
+    faster or slower than profiled: solve.polish_split)."""
     _check(model, inputs, decisions, profile)
     cost = cost_model_for(profile)
     dtype = decisions.dtype
@@ -157,7 +160,8 @@ def evaluate(model: ModelConfig, inputs: dict[str, Any], decisions: Decisions, p
         """`count` transfers of `nbytes` each over a link (each pays the link's latency)."""
         if nbytes <= 0 or count <= 0:
             return 0.0
-        return count * cost.transfer_s(name, nbytes)
+        scale = disk_time_scale if name.startswith("disk") else 1.0
+        return count * scale * cost.transfer_s(name, nbytes)
 
     # ---- decode step (all layers) ---------------------------------------------------------------
     # per layer the projections and the MLP run once over all b rows (the runtime's decode loop: the

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +49,7 @@ class StrategyResult:
     ilp: IlpResult
     combos: int
     milp_split_tokens: int  # the MILP's split before the full-model refinement (polish_split)
+    split_hedge: dict[str, Any] | None = None  # how polish_split hedged l against the disk's drift
 
 
 def capacities(req: SolveRequest, profile: Profile) -> dict[str, int]:
@@ -247,8 +249,8 @@ def solve_strategy(req: SolveRequest, st: Setting, profile: Profile, strategy: s
     inputs = {"seq": st.seq, "prompt": st.prompt, "gen": st.gen, "objective": st.objective}
     prediction = evaluate(st.model, inputs, decisions, profile)
     milp_split = decisions.split_tokens
-    decisions, prediction = polish_split(st, decisions, prediction, profile, caps)
-    return StrategyResult(decisions, prediction, result, n_combos, milp_split)
+    decisions, prediction, hedge = polish_split(st, decisions, prediction, profile, caps)
+    return StrategyResult(decisions, prediction, result, n_combos, milp_split, hedge)
 
 
 # Pinned and automatic solves of one request, remembered per process: a report sweep asks for the same
@@ -279,50 +281,78 @@ def solve_strategy_memo(req: SolveRequest, st: Setting, profile: Profile, strate
     return dataclasses.replace(outcome, prediction=copy.deepcopy(outcome.prediction))
 
 
-def _score(pred: dict[str, Any], objective: str) -> float:
-    return -pred["throughput_tokens_per_s"] if objective == "throughput" else pred["decode_step_s"]
+def _cost(pred: dict[str, Any], objective: str) -> float:
+    """Positive, smaller is better: seconds per decode step (latency) or per generated token (throughput)."""
+    return pred["decode_step_s"] if objective == "latency" else 1.0 / pred["throughput_tokens_per_s"]
 
 
-def polish_split(st: Setting, decisions: Decisions, prediction: dict[str, Any], profile: Profile,
-                 caps: dict[str, int]) -> tuple[Decisions, dict[str, Any]]:
-    """Refine the MILP's split l with the full cost models, everything else fixed.
-
-    The MILP chose l on the linear surrogate (per-token rates sampled at one shape); the full models
-    are not linear in l (launch and latency terms, a fitted GEMM or link model, the positional
-    layout). A short deterministic pattern search over whole tokens keeps the plan's placements and
-    takes a different l only when it fits every tier and predicts strictly better for the objective.
-    Plans without recompute (l = 0) are left alone: whether to recompute at all is the MILP's call."""
-    if decisions.split_tokens == 0:
-        return decisions, prediction
-    inputs = {"seq": st.seq, "prompt": st.prompt, "gen": st.gen, "objective": st.objective}
-    seen: dict[int, tuple[float, Decisions, dict[str, Any]]] = {
-        decisions.split_tokens: (_score(prediction, st.objective), decisions, prediction)}
-
-    def trial(l_tok: int) -> tuple[float, Decisions, dict[str, Any]]:
-        l_tok = min(st.seq, max(0, l_tok))
-        if l_tok not in seen:
-            d = dataclasses.replace(decisions, split_tokens=l_tok, strategy=strategy_label(
-                l_tok, decisions.kv_placement, decisions.x_placement, decisions.attention_where))
-            p = evaluate(st.model, inputs, d, profile)
-            fits = all(p["memory_bytes"][t] <= caps[t] for t in caps)
-            seen[l_tok] = (_score(p, st.objective) if fits else float("inf"), d, p)
-        return seen[l_tok]
-
-    best_l = decisions.split_tokens
-    step = max(1, st.seq // 16)
+def _pattern_search(start: int, seq: int, cost: Callable[[int], float]) -> int:
+    """The whole-token l in [0, seq] that a deterministic pattern search from `start` finds for `cost`
+    (steps of seq/16 halving down to one token; moves only on a strictly smaller cost)."""
+    best_l, step = start, max(1, seq // 16)
     while True:
         moved = False
         for cand in (best_l - step, best_l + step):
-            cand = min(st.seq, max(0, cand))
-            best = seen[best_l][0]
-            if cand != best_l and trial(cand)[0] < best - abs(best) * 1e-9:  # strictly better
+            cand = min(seq, max(0, cand))
+            best = cost(best_l)
+            if cand != best_l and cost(cand) < best - abs(best) * 1e-9:
                 best_l, moved = cand, True
         if not moved:
             if step == 1:
-                break
+                return best_l
             step = max(1, step // 2)
-    _, d, p = seen[best_l]
-    return d, p
+
+
+def polish_split(st: Setting, decisions: Decisions, prediction: dict[str, Any], profile: Profile,
+                 caps: dict[str, int]) -> tuple[Decisions, dict[str, Any], dict[str, Any] | None]:
+    """Refine the MILP's split l with the full cost models, everything else fixed; returns the
+    decisions, their prediction and, when l was hedged, how (else None).
+
+    The MILP chose l on the linear surrogate (per-token rates sampled at one shape); the full models
+    are not linear in l (launch and latency terms, a fitted GEMM or link model, the positional
+    layout). A short pattern search over whole tokens keeps the plan's placements and takes a
+    different l only when it fits every tier and predicts strictly better for the objective.
+    Plans without recompute (l = 0) are left alone: whether to recompute at all is the MILP's call.
+
+    Hedging: when the plan reads from disk and the profile measured how far the disk's rate moved
+    between its rounds (Profile.disk_time_spread: transfer times x fast .. x slow), the best l for
+    the profiled rate sits where compute and disk balance, and a disk that runs faster at run time
+    moves that balance to a smaller l, a slower one to a larger l. So l is chosen to minimise the
+    worst relative regret over the disk at x fast, x 1 and x slow: max over those scales of
+    cost(l) / (the best cost at that scale). Minimax regret (Savage's criterion) is the standard
+    choice when only the range of a parameter is known, not its distribution."""
+    if decisions.split_tokens == 0:
+        return decisions, prediction, None
+    inputs = {"seq": st.seq, "prompt": st.prompt, "gen": st.gen, "objective": st.objective}
+    seen: dict[tuple[int, float], tuple[float, Decisions, dict[str, Any]]] = {
+        (decisions.split_tokens, 1.0): (_cost(prediction, st.objective), decisions, prediction)}
+
+    def trial(l_tok: int, scale: float = 1.0) -> tuple[float, Decisions, dict[str, Any]]:
+        if (l_tok, scale) not in seen:
+            d = dataclasses.replace(decisions, split_tokens=l_tok, strategy=strategy_label(
+                l_tok, decisions.kv_placement, decisions.x_placement, decisions.attention_where))
+            p = evaluate(st.model, inputs, d, profile, disk_time_scale=scale)
+            fits = all(p["memory_bytes"][t] <= caps[t] for t in caps)
+            seen[(l_tok, scale)] = (_cost(p, st.objective) if fits else float("inf"), d, p)
+        return seen[(l_tok, scale)]
+
+    nominal = _pattern_search(decisions.split_tokens, st.seq, lambda l_tok: trial(l_tok)[0])
+    _, d, p = trial(nominal)
+    spread = profile.disk_time_spread
+    if spread is None or spread == (1.0, 1.0) or p["link_bytes_per_step"]["disk_read"] <= 0:
+        return d, p, None
+    scales = (spread[0], 1.0, spread[1])
+    best = {s: trial(_pattern_search(nominal, st.seq, lambda l_tok, s=s: trial(l_tok, s)[0]), s)[0] for s in scales}
+
+    def regret(l_tok: int) -> float:
+        return max(trial(l_tok, s)[0] / best[s] for s in scales)
+
+    hedged = _pattern_search(nominal, st.seq, regret)
+    _, d, p = trial(hedged)
+    hedge = {"disk_time_scales": list(scales), "nominal_split_tokens": nominal,
+             "worst_regret_pct": round(100 * (regret(hedged) - 1), 3),
+             "nominal_worst_regret_pct": round(100 * (regret(nominal) - 1), 3)}
+    return d, p, hedge
 
 
 def _better(a: dict[str, Any], b: dict[str, Any], objective: str) -> bool:
@@ -421,6 +451,7 @@ def solve(request: SolveRequest, profile: Profile) -> dict[str, Any]:
             "objective_value": float(f"{ilp.objective_value:.9g}") if ilp.objective_value is not None else None,
             "picked_from": picked_from,
             "milp_split_tokens": chosen.milp_split_tokens,
+            "split_hedge": chosen.split_hedge,
             "usable_bytes": caps,
         },
         "warnings": warnings,
