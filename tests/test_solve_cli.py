@@ -131,3 +131,20 @@ def test_caps_are_respected(run_cli, tmp_path):
     assert mem["device"] <= 30e9 * 1.0001 and mem["host"] <= 16 * 2**30
     assert plan["inputs"]["gpu_mem_bytes"] == 30 * 10**9 and plan["inputs"]["cpu_mem_bytes"] == 16 * 2**30
     assert mem["disk"] > 0  # what did not fit in 30 GB + 16 GiB went to disk
+
+
+def test_solve_says_when_the_split_is_hedged(run_cli, local_profile_path, write_json, tmp_path):
+    """A profile that measured its disk drifting gets a hedged split, and `solve` says so; the plan
+    records the split that would be best at the profiled rate, and the same inputs give the same bytes."""
+    data = json.loads(local_profile_path.read_text())
+    data["disk"]["read_time_spread"] = {"fast": 0.7, "slow": 1.3}
+    profile = write_json("drift.json", data)
+    outs = [tmp_path / "a.json", tmp_path / "b.json"]
+    for out in outs:
+        r = run_cli("solve", "--profile", profile, "--model", "opt-125m", "--seq", "2048", "--batch", "8",
+                    "--gen", "16", "--gpu-mem", "1GB", "--strategy", "recompute", "--objective", "latency", "-o", out)
+        assert r.exit_code == 0, r.stderr
+        assert "split hedged against the disk's measured drift (x0.7 .. x1.3" in r.stdout
+    assert outs[0].read_bytes() == outs[1].read_bytes()
+    hedge = json.loads(outs[0].read_text())["solver"]["split_hedge"]
+    assert hedge["worst_regret_pct"] < hedge["nominal_worst_regret_pct"]

@@ -96,6 +96,12 @@ def summary_lines(plan: dict) -> list[str]:
         f"  decode step {p['decode_step_s'] * 1e3:.2f} ms (bound by {p['timeline']['bound_by']}), prefill "
         f"{p['prefill_s']:.3f} s, throughput {p['throughput_tokens_per_s']:.1f} tok/s",
     ]
+    hedge = (plan.get("solver") or {}).get("split_hedge")
+    if hedge:
+        fast, _, slow = hedge["disk_time_scales"]
+        lines.append(f"  split hedged against the disk's measured drift (x{fast:g} .. x{slow:g} of its time): "
+                     f"worst-case regret {hedge['worst_regret_pct']:.1f}%; the best split at the profiled rate, "
+                     f"{hedge['nominal_split_tokens']}, risks {hedge['nominal_worst_regret_pct']:.1f}%")
     lines += gain_lines(p, "  ")
     lb = plan["lower_bound"]
     if lb.get("distance") is not None:
