@@ -133,7 +133,7 @@ def test_caps_are_respected(run_cli, tmp_path):
     assert mem["disk"] > 0  # what did not fit in 30 GB + 16 GiB went to disk
 
 
-def test_solve_says_when_the_split_is_hedged(run_cli, local_profile_path, write_json, tmp_path):
+def test_solve_and_explain_say_when_the_split_is_hedged(run_cli, local_profile_path, write_json, tmp_path):
     """A profile that measured its disk drifting gets a hedged split, and `solve` says so; the plan
     records the split that would be best at the profiled rate, and the same inputs give the same bytes."""
     data = json.loads(local_profile_path.read_text())
@@ -148,3 +148,6 @@ def test_solve_says_when_the_split_is_hedged(run_cli, local_profile_path, write_
     assert outs[0].read_bytes() == outs[1].read_bytes()
     hedge = json.loads(outs[0].read_text())["solver"]["split_hedge"]
     assert hedge["worst_regret_pct"] < hedge["nominal_worst_regret_pct"]
+    explained = run_cli("explain", outs[0])
+    assert explained.exit_code == 0 and "is hedged" in explained.stdout
+    assert f"profiled rate ({hedge['nominal_split_tokens']})" in explained.stdout

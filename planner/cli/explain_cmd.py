@@ -111,6 +111,13 @@ def explain_lines(plan_data: dict[str, Any], model, seq: int, prompt: int, gen: 
     if "surrogate_decode_step_s" in pred:
         out.append(f"  the MILP's linear model said {_ms(pred['surrogate_decode_step_s'])} per step; the full cost "
                    f"models say {_ms(pred['decode_step_s'])}")
+    hedge = plan_data.get("solver", {}).get("split_hedge")
+    if hedge:
+        fast, _, slow = hedge["disk_time_scales"]
+        out.append(f"  the split {l_tok} is hedged: the profile's disk ran at x{fast:g} .. x{slow:g} of its fitted "
+                   f"time between rounds; over those rates this split is at most {hedge['worst_regret_pct']:.1f}% "
+                   f"slower than the best split for each, where the best split at the profiled rate "
+                   f"({hedge['nominal_split_tokens']}) could be {hedge['nominal_worst_regret_pct']:.1f}% slower")
     out.append("")
     out.append("Memory at peak")
     usable = plan_data.get("solver", {}).get("usable_bytes", {})
