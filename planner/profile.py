@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -152,13 +151,13 @@ def _time_spread(obj: Any, origin: str) -> tuple[float, float] | None:
     """disk.read_time_spread {"fast": f, "slow": s, ...} as (f, s), checked 0 < f <= 1 <= s."""
     if obj is None:
         return None
-    where = f"profile {origin}: disk.read_time_spread"
+    where = f"{origin} disk.read_time_spread"
     if not isinstance(obj, dict):
-        raise KvplanError(f"{where} must be an object with 'fast' and 'slow'")
-    fast, slow = _get(obj, "fast", where), _get(obj, "slow", where)
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (fast, slow)) \
-            or not 0 < fast <= 1 <= slow:
-        raise KvplanError(f"{where} needs 0 < fast <= 1 <= slow, got fast={fast!r} slow={slow!r}")
+        raise KvplanError(f"profile {where} must be an object with 'fast' and 'slow'")
+    fast = _positive(_get(obj, "fast", where), f"{where}.fast")
+    slow = _positive(_get(obj, "slow", where), f"{where}.slow")
+    if not fast <= 1 <= slow:
+        raise KvplanError(f"profile {where} needs fast <= 1 <= slow, got fast={fast!r} slow={slow!r}")
     return float(fast), float(slow)
 
 
