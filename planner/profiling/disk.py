@@ -361,6 +361,7 @@ def time_spread(rows: Sequence[Sequence[float]]) -> dict[str, float | int | list
     ratios = [t / statistics.median(ts) for ts in by_size.values() if len(ts) >= 2 for t in ts]
     if len(ratios) < 2:
         return None
-    cuts = statistics.quantiles(ratios, n=10, method="inclusive")  # deciles: cuts[0] = q10, cuts[-1] = q90
-    return {"fast": round(min(1.0, cuts[0]), 4), "slow": round(max(1.0, cuts[-1]), 4),
+    cuts = statistics.quantiles(ratios, n=100, method="inclusive")  # percentiles: cuts[p - 1] = the p-th
+    lo, hi = (cuts[round(100 * q) - 1] for q in SPREAD_QUANTILES)
+    return {"fast": round(min(1.0, lo), 4), "slow": round(max(1.0, hi), 4),
             "quantiles": list(SPREAD_QUANTILES), "ratios": len(ratios)}
