@@ -1,0 +1,37 @@
+"""One way to check a file against its schema: a pydantic model validates types, ranges and
+cross-field rules, and the first problem becomes a one-line KvplanError naming the file and field."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from planner.errors import KvplanError
+from planner.units import escape_name
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class Strict(BaseModel):
+    """Base for file schemas: no type coercion ("768" is not 768, 12.5 is not a layer count), unknown
+    fields kept (newer writers may add some), and the model is frozen once read."""
+
+    model_config = ConfigDict(strict=True, extra="allow", frozen=True, allow_inf_nan=False)
+
+
+def field_path(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(p) for p in loc) or "(top level)"
+
+
+def validate(schema: type[M], data: Any, origin: str, what: str) -> M:
+    """`data` checked against `schema`; a KvplanError naming `origin`, the field and the problem."""
+    try:
+        return schema.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        msg = err.get("msg", "invalid")
+        value = err.get("input")
+        shown = "" if isinstance(value, (dict, list)) else f" (got {escape_name(repr(value))[:60]})"
+        raise KvplanError(f"{escape_name(origin)}: {what} field {field_path(err.get('loc', ()))}: {msg}{shown}") \
+            from None
