@@ -17,9 +17,12 @@ Source: per-operator A100 timings measured with microsoft/vidur (MIT licence), r
 - Attention constants: fitted on all 18 Llama-2-7b attention rows (10 decode batches 1-128 at
   2,048 cached tokens, 8 prefill chunks of 544-576 tokens after 0-3,520 cached ones); held out
   by leaving one row out at a time (each row predicted from constants fitted without it):
-  median error decode 10.2%, prefill 2.6%. Decode batches <= 8 run slower than the fitted
-  bandwidth fraction (the kernel splits K,V across blocks when few sequences cannot fill the GPU:
-  -15% ... -23% there), batches >= 16 within 2-12%.
+  median error decode 10.2%, prefill 2.6%. The A100 decode kernel reads K,V at 57-61% of the
+  datasheet bandwidth for 1-8 sequences and at 77-98% for 16-128 (a kernel regime change, likely
+  the split of each sequence's K,V across thread blocks when few sequences cannot fill the GPU;
+  not verified); one fraction plus a floor puts batches 4-8 16-23% fast, batches 16-80 within
+  2-12%, one sequence and 128 sequences 15-21% slow (54% for one sequence when its row is left
+  out). docs/cost-models.md has the per-row table.
 """
 
 from __future__ import annotations
