@@ -1,22 +1,27 @@
-"""Validate the cost models on real A100 per-operator timings (../shared/data/gpu-op-timings/a100,
-measured with microsoft/vidur, MIT licence): fit on some models, predict the held-out ones.
+"""Validate the GPU cost models on real A100 per-operator timings (../shared/data/gpu-op-timings/a100,
+measured with microsoft/vidur, MIT licence; read in place): median error on rows the constants
+were not fitted on, separately for GEMMs, element-wise ops, decode attention and prefill attention.
 
-Three predictors, scored on the same held-out rows (num_tokens >= 64 unless --min-tokens):
-  fitted    - planner.costmodel.fitted regressions fitted on the training models' rows
-  datasheet - the datasheet A100 profile through the roofline with its "efficiency" block
-  roofline-default - the same roofline with the built-in default efficiencies (before calibration)
+Held out:
+  GEMMs, element-wise - three whole models (HELD_OUT) whose shapes no training model has; the
+                        constants are fitted on the TRAIN models' rows only.
+  attention           - the data has one model (Llama-2-7b), so each row is predicted from constants
+                        fitted on the other 17 rows (leave one out, over batches and contexts).
 
-`--write-efficiency` re-fits the roofline efficiencies on the training models only and stores them
-in every profiles/datasheet/*.json (docs/cost-models.md says why the A100 values stand in for all).
+Predictors: "shipped" = planner/costmodel/calibration.py's CALIBRATED through the roofline (what
+every datasheet profile predicts); "refit" = the same formulas with constants fitted now;
+"fitted regression" = planner.costmodel.fitted on the training rows (GEMMs and element-wise);
+"previous" = the roofline this replaced (hand-set / single-GPU fractions, kept here only to compare).
 
-    python benchmarks/validate_a100.py [--data DIR] [--min-tokens 64] [--write-efficiency]
+    python benchmarks/validate_a100.py [--data DIR] [--calibrate] [--json FILE]
+
+`--calibrate` prints the refitted constants as a SustainedRates literal to paste into calibration.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import math
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -24,20 +29,30 @@ import numpy as np
 import pandas as pd
 
 from planner.costmodel import fitted, roofline
+from planner.costmodel.calibration import CALIBRATED, SustainedRates
 from planner.jsonio import write_json_atomic
-from planner.profile import DATASHEET_DIR, REPO_ROOT, load_profile
+from planner.layer_costs import attention_flops
+from planner.models import load_model
+from planner.profile import REPO_ROOT, load_profile
 
 DATA = REPO_ROOT.parent / "shared" / "data" / "gpu-op-timings" / "a100"
 TRAIN = ("Llama-2-7b-hf", "Llama-2-70b-hf", "Meta-Llama-3-70B", "Qwen-72B", "phi-2")
 HELD_OUT = ("Meta-Llama-3-8B", "CodeLlama-34b-Instruct-hf", "internlm-20b")
-GEMM_OPS = ("attn_pre_proj", "attn_post_proj", "mlp_up_proj", "mlp_down_proj")
-DATASHEET = "a100-80g-sxm"  # vidur's "a100" device; see docs/cost-models.md
+ATTENTION_FILE = "Llama-2-7b-hf.attention.csv"
+ATTENTION_MODEL = "llama-2-7b"  # the catalog entry of the attention file's model (shapes checked on load)
+DATASHEET = "a100-80g-sxm"  # vidur's "a100" device: A100-SXM4-80GB
 FP16_BYTES = 2
+GEMM_FIELDS = ("gemm_compute_fraction", "gemm_memory_fraction", "overlap_exponent", "launch_s",
+               "elementwise_memory_fraction", "elementwise_floor_s")
+ATTENTION_FIELDS = ("decode_attention_memory_fraction", "decode_attention_floor_s",
+                    "prefill_attention_compute_fraction", "prefill_attention_floor_s")
 
 
+# -- data ----------------------------------------------------------------------------------------
 def load_rows(data_dir: Path) -> pd.DataFrame:
     """One row per (model, tensor-parallel degree, num_tokens, op) with the GEMM shape of one shard
-    (vidur's column/row-parallel layers) and the median time in seconds."""
+    (vidur's column/row-parallel layers) and the median time in seconds; `mlp_act` rows carry the
+    activation's bytes in `n`."""
     frames = []
     for path in sorted(data_dir.glob("*.mlp.csv")):
         df = pd.read_csv(path)
@@ -64,26 +79,61 @@ def load_rows(data_dir: Path) -> pd.DataFrame:
     return rows[rows.time_s > 0].reset_index(drop=True)
 
 
-def roofline_times(rows: pd.DataFrame, eff: roofline.Efficiency, peak_tflops: float, mem_gb_per_s: float) -> np.ndarray:
-    out = np.empty(len(rows))
-    for i, r in enumerate(rows.itertuples(index=False)):
-        if r.op == "mlp_act":
-            out[i] = roofline.elementwise_time_s(r.n, mem_gb_per_s, eff)
-        else:
-            out[i] = roofline.gemm_time_s(int(r.m), int(r.n), int(r.k), FP16_BYTES, peak_tflops, mem_gb_per_s, eff)
+def load_attention(data_dir: Path) -> pd.DataFrame:
+    """One row per attention call: phase, batch, new tokens per sequence, cached tokens, the causal
+    FLOPs and K,V bytes as CostModel.attention_s counts them, and the median time in seconds."""
+    df = pd.read_csv(data_dir / ATTENTION_FILE)
+    model = load_model(ATTENTION_MODEL)
+    if not ((df.n_embd == model.hidden_size) & (df.n_q_head == model.num_heads)
+            & (df.n_kv_head == model.num_kv_heads) & (df.num_tensor_parallel_workers == 1)).all():
+        raise SystemExit(f"{ATTENTION_FILE}: shapes differ from the catalog's {ATTENTION_MODEL}")
+    prefill = df.is_prefill.astype(bool).to_numpy()
+    query = np.where(prefill, df.prefill_chunk_size, 1).astype(int)
+    batch, context = df.batch_size.astype(int).to_numpy(), df.kv_cache_size.astype(int).to_numpy()
+    flops = [attention_flops(model, int(b), int(q), int(c), causal=True)
+             for b, q, c in zip(batch, query, context, strict=True)]
+    kv_bytes = batch * (context + query) * 2 * model.kv_dim * FP16_BYTES
+    time_ms = np.where(prefill, df["time_stats.attn_prefill.median"], df["time_stats.attn_decode.median"])
+    return pd.DataFrame({"phase": np.where(prefill, "prefill", "decode"), "batch": batch, "query": query,
+                         "context": context, "flops": np.asarray(flops, dtype=float),
+                         "kv_bytes": kv_bytes.astype(float), "time_s": time_ms / 1e3})
+
+
+# -- predictions -----------------------------------------------------------------------------------
+def gemm_table_times(rows: pd.DataFrame, rates: SustainedRates, peak_tflops: float, gb_per_s: float) -> np.ndarray:
+    """The roofline over a table of GEMM and mlp_act rows (vectorised)."""
+    m, n, k = (rows[c].to_numpy(dtype=float) for c in ("m", "n", "k"))
+    act = (rows.op == "mlp_act").to_numpy()
+    gemm = roofline.gemm_time_s(m, n, k, FP16_BYTES, peak_tflops, gb_per_s, rates)
+    return np.where(act, roofline.elementwise_time_s(n, gb_per_s, rates), gemm)
+
+
+def attention_table_times(att: pd.DataFrame, rates: SustainedRates, peak_tflops: float, gb_per_s: float) -> np.ndarray:
+    out = np.empty(len(att))
+    for phase, query in (("decode", 1), ("prefill", 2)):  # any query > 1 takes the prefill floor
+        sel = (att.phase == phase).to_numpy()
+        out[sel] = roofline.device_attention_time_s(att.flops.to_numpy()[sel], att.kv_bytes.to_numpy()[sel],
+                                                    query, peak_tflops, gb_per_s, rates)
     return out
 
 
-def fit_models(train: pd.DataFrame) -> dict[str, dict]:
-    gemm = train[train.op != "mlp_act"]
-    act = train[train.op == "mlp_act"]
-    return {
-        "gemm": fitted.fit("gemm", gemm[["m", "n", "k", "time_s"]].to_numpy(), FP16_BYTES),
-        "elementwise": fitted.fit("elementwise", act[["n", "time_s"]].to_numpy()),
-    }
+def previous_times(rows: pd.DataFrame, att: pd.DataFrame, peak: float, bw: float) -> tuple[np.ndarray, np.ndarray]:
+    """The roofline this replaced, for comparison: launch + max(compute at 0.7398 of peak times
+    m / (m + 98.73), memory at 0.7373 of bandwidth); element-wise at 0.5176; attention at max(FLOPs
+    at 0.7398 of peak, K,V at 0.6 of bandwidth); launch 3.46 us."""
+    m, n, k = (rows[c].to_numpy(dtype=float) for c in ("m", "n", "k"))
+    compute = 2 * m * n * k / (peak * 1e12 * 0.7398 * m / (m + 98.73))
+    memory = FP16_BYTES * (m * k + k * n + m * n) / (bw * 1e9 * 0.7373)
+    gemm = 3.46e-6 + np.where((rows.op == "mlp_act").to_numpy(), n / (bw * 1e9 * 0.5176), np.maximum(compute, memory))
+    attn = 3.46e-6 + np.maximum(att.flops / (peak * 1e12 * 0.7398), att.kv_bytes / (bw * 1e9 * 0.6)).to_numpy()
+    return gemm, attn
 
 
-def fitted_times(models: dict[str, dict], rows: pd.DataFrame) -> np.ndarray:
+def regression_times(train: pd.DataFrame, rows: pd.DataFrame) -> np.ndarray:
+    """planner.costmodel.fitted's regressions, fitted on `train`, predicting `rows`."""
+    gemm, act = train[train.op != "mlp_act"], train[train.op == "mlp_act"]
+    models = {"gemm": fitted.fit("gemm", gemm[["m", "n", "k", "time_s"]].to_numpy(), FP16_BYTES),
+              "elementwise": fitted.fit("elementwise", act[["n", "time_s"]].to_numpy())}
     out = np.empty(len(rows))
     is_act = (rows.op == "mlp_act").to_numpy()
     out[~is_act] = fitted.predict_many(models["gemm"], rows.loc[~is_act, ["m", "n", "k"]].to_numpy())
@@ -91,104 +141,125 @@ def fitted_times(models: dict[str, dict], rows: pd.DataFrame) -> np.ndarray:
     return out
 
 
-def calibrate(train: pd.DataFrame, peak_tflops: float, mem_gb_per_s: float) -> roofline.Efficiency:
-    """Least squares on log(predicted / measured) over the training models' rows."""
+# -- calibration -----------------------------------------------------------------------------------
+def _least_squares(resid, start: list[float], lower: list[float], upper: list[float]) -> np.ndarray:
     from scipy.optimize import least_squares
 
+    scale = [max(abs(s), 1e-9) for s in start]
+    return least_squares(resid, np.array(start), bounds=(lower, upper), x_scale=scale).x
+
+
+def calibrate_gemm(train: pd.DataFrame, peak: float, bw: float, base: SustainedRates = CALIBRATED) -> SustainedRates:
+    """f_c, f_m, n, the launch cost, f_e and the element-wise floor by least squares on
+    log(predicted / measured) over `train`."""
     y = train.time_s.to_numpy()
 
-    def make(p: np.ndarray) -> roofline.Efficiency:
-        return roofline.Efficiency(
-            gemm_peak_fraction=float(p[0]), gemm_half_rows=float(p[1]), memory_fraction=float(p[2]),
-            attention_memory_fraction=roofline.DEFAULT_EFFICIENCY.attention_memory_fraction,
-            elementwise_memory_fraction=float(p[3]), launch_s=float(p[4]))
+    def rates(p: np.ndarray) -> SustainedRates:
+        return dataclasses.replace(base, **dict(zip(GEMM_FIELDS, (float(v) for v in p), strict=True)))
 
-    def resid(p: np.ndarray) -> np.ndarray:
-        return np.log(roofline_times(train, make(p), peak_tflops, mem_gb_per_s) / y)
+    p = _least_squares(lambda p: np.log(gemm_table_times(train, rates(p), peak, bw) / y),
+                       [0.7, 0.7, 2.0, 5e-6, 0.6, 5e-6], [0.05, 0.05, 0.5, 0.0, 0.05, 0.0],
+                       [1.0, 1.0, 20.0, 1e-3, 1.0, 1e-3])
+    return rates(p)
 
-    start = np.array([0.75, 64.0, 0.8, 0.8, 8e-6])
-    res = least_squares(resid, start, bounds=([0.05, 1.0, 0.05, 0.05, 0.0], [1.0, 4096.0, 1.0, 1.0, 1e-3]),
-                        x_scale=[0.1, 10.0, 0.1, 0.1, 1e-6])
-    p = res.x
-    return make(np.array([round(p[0], 4), round(p[1], 2), round(p[2], 4), round(p[3], 4), round(p[4], 8)]))
+
+def calibrate_attention(att: pd.DataFrame, peak: float, bw: float, base: SustainedRates = CALIBRATED) -> SustainedRates:
+    """f_a, the decode floor, f_p and the prefill floor (the overlap exponent is the GEMMs')."""
+    y = att.time_s.to_numpy()
+
+    def rates(p: np.ndarray) -> SustainedRates:
+        return dataclasses.replace(base, **dict(zip(ATTENTION_FIELDS, (float(v) for v in p), strict=True)))
+
+    p = _least_squares(lambda p: np.log(attention_table_times(att, rates(p), peak, bw) / y),
+                       [0.8, 1e-5, 0.4, 1e-4], [0.05, 0.0, 0.01, 0.0], [1.5, 1e-3, 1.0, 1e-2])
+    return rates(p)
+
+
+def leave_one_out_attention(att: pd.DataFrame, peak: float, bw: float) -> np.ndarray:
+    """Each row's relative error (predicted / measured - 1) from constants fitted on the other rows."""
+    err = np.empty(len(att))
+    for i in range(len(att)):
+        rest = att.drop(index=att.index[i])
+        rates = calibrate_attention(rest, peak, bw)
+        err[i] = attention_table_times(att.iloc[[i]], rates, peak, bw)[0] / att.time_s.iloc[i] - 1
+    return err
 
 
 def ape(pred: np.ndarray, y: np.ndarray) -> np.ndarray:
-    return np.abs(pred - y) / y
+    return np.abs(np.asarray(pred) / np.asarray(y) - 1)
 
 
-def report(rows: pd.DataFrame, preds: dict[str, np.ndarray], min_tokens: int) -> list[dict]:
-    keep = (rows.m >= min_tokens).to_numpy()
+# -- the table -----------------------------------------------------------------------------------
+def summary(data_dir: Path, peak: float, bw: float) -> dict:
+    rows = load_rows(data_dir)
+    train = rows[rows.model.isin(TRAIN)].reset_index(drop=True)
+    test = rows[rows.model.isin(HELD_OUT)].reset_index(drop=True)
+    att = load_attention(data_dir)
+    refit = calibrate_attention(att, peak, bw, calibrate_gemm(train, peak, bw))
+    loo = leave_one_out_attention(att, peak, bw)
+    y = test.time_s.to_numpy()
+    prev_gemm, prev_attn = previous_times(test, att, peak, bw)
+    preds = {"shipped": gemm_table_times(test, CALIBRATED, peak, bw), "refit": gemm_table_times(test, refit, peak, bw),
+             "regression": regression_times(train, test), "previous": prev_gemm}
+    shipped_attn = attention_table_times(att, CALIBRATED, peak, bw)
     table = []
-    for (model, op), idx in rows[keep].groupby(["model", "op"]).groups.items():
-        pos = rows.index.get_indexer(idx)
-        entry = {"model": model, "op": op, "rows": len(pos)}
-        for name, pred in preds.items():
-            entry[name] = float(np.median(ape(pred[pos], rows.time_s.to_numpy()[pos])))
-        table.append(entry)
-    for label, mask in ((f"ALL held-out, num_tokens >= {min_tokens}", keep),
-                        ("ALL held-out, every num_tokens", np.ones(len(rows), dtype=bool))):
-        total = {"model": label, "op": "all", "rows": int(mask.sum())}
-        for name, pred in preds.items():
-            total[name] = float(np.median(ape(pred[mask], rows.time_s.to_numpy()[mask])))
-        table.append(total)
-    return table
+    is_act = (test.op == "mlp_act").to_numpy()
+    for label, mask in (("GEMMs", ~is_act), ("element-wise", is_act)):
+        for name, tokens in (("", np.ones(len(test), bool)), (", < 64 tokens", (test.m < 64).to_numpy())):
+            sel = mask & tokens
+            entry = {"class": label + name, "rows": int(sel.sum()), "held out": "3 models"}
+            entry.update({k: float(np.median(ape(v[sel], y[sel]))) for k, v in preds.items()})
+            table.append(entry)
+    for phase in ("decode", "prefill"):
+        sel = (att.phase == phase).to_numpy()
+        yt = att.time_s.to_numpy()[sel]
+        table.append({"class": f"{phase} attention", "rows": int(sel.sum()), "held out": "leave one out",
+                      "shipped": float(np.median(ape(shipped_attn[sel], yt))),
+                      "refit": float(np.median(np.abs(loo[sel]))), "regression": None,
+                      "previous": float(np.median(ape(prev_attn[sel], yt)))})
+    per_row = [{"phase": r.phase, "batch": int(r.batch), "query": int(r.query), "context": int(r.context),
+                "measured_ms": r.time_s * 1e3, "shipped_ms": s * 1e3, "loo_error": float(e)}
+               for r, s, e in zip(att.itertuples(index=False), shipped_attn, loo, strict=True)]
+    return {"table": table, "attention_rows": per_row, "refit": dataclasses.asdict(refit)}
 
 
-def print_table(table: list[dict], names: list[str]) -> None:
-    head = "| model | op | rows | " + " | ".join(f"{n} median err" for n in names) + " |"
-    print(head)
+def print_summary(result: dict) -> None:
+    names = ("shipped", "refit", "regression", "previous")
+    print("| op class | rows | held out | " + " | ".join(names) + " |")
     print("|" + "---|" * (3 + len(names)))
-    for e in table:
-        cells = " | ".join(f"{e[n] * 100:.1f}%" for n in names)
-        print(f"| {e['model']} | {e['op']} | {e['rows']} | {cells} |")
+    for e in result["table"]:
+        cells = " | ".join("-" if e[n] is None else f"{e[n] * 100:.1f}%" for n in names)
+        print(f"| {e['class']} | {e['rows']} | {e['held out']} | {cells} |")
+    print("\nattention rows (measured; shipped constants; error from constants fitted without the row):\n")
+    print("| phase | batch | new tokens | cached | measured ms | shipped ms | leave-one-out error |")
+    print("|---|---|---|---|---|---|---|")
+    for r in result["attention_rows"]:
+        print(f"| {r['phase']} | {r['batch']} | {r['query']} | {r['context']} | {r['measured_ms']:.3f} | "
+              f"{r['shipped_ms']:.3f} | {r['loo_error'] * 100:+.1f}% |")
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=DATA)
-    ap.add_argument("--min-tokens", type=int, default=64)
-    ap.add_argument("--write-efficiency", action="store_true")
+    ap.add_argument("--calibrate", action="store_true", help="print the refitted constants as a literal")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = ap.parse_args(argv)
     if not args.data.is_dir():
         print(f"A100 timings not found at {args.data}", file=sys.stderr)
         return 2
-    rows = load_rows(args.data)
-    train = rows[rows.model.isin(TRAIN)].reset_index(drop=True)
-    test = rows[rows.model.isin(HELD_OUT)].reset_index(drop=True)
     profile = load_profile(gpu=DATASHEET)
     peak, bw = profile.device_peak_tflops["float16"], profile.device_memory_gb_per_s
-
-    models = fit_models(train)
-    calibrated = calibrate(train, peak, bw)
-    preds = {
-        "fitted": fitted_times(models, test),
-        "datasheet": roofline_times(test, roofline.Efficiency.from_dict(profile.data.get("efficiency")), peak, bw),
-        "roofline-default": roofline_times(test, roofline.DEFAULT_EFFICIENCY, peak, bw),
-        "roofline-calibrated": roofline_times(test, calibrated, peak, bw),
-    }
-    print(f"train: {', '.join(TRAIN)} ({len(train)} rows); held out: {', '.join(HELD_OUT)} ({len(test)} rows)")
-    for fam, m in models.items():
-        print(f"fitted {fam}: kind {fitted.label(m)}, {m['n_samples']} samples, cross-validated MAPE "
-              f"{m['cv_mape'] * 100:.1f}% (by kind: "
-              + ", ".join(f"{k} {v * 100:.1f}%" for k, v in m["cv_mape_by_kind"].items()) + ")")
-    print(f"calibrated roofline efficiencies (training models only): {calibrated}")
-    print(f"\nmedian absolute percentage error on held-out models, num_tokens >= {args.min_tokens}:\n")
-    table = report(test, preds, args.min_tokens)
-    print_table(table, list(preds))
+    print(f"A100 timings: {args.data} (microsoft/vidur, MIT); datasheet {DATASHEET}: {peak} TFLOP/s fp16, {bw} GB/s")
+    print(f"GEMM training models: {', '.join(TRAIN)}; held out: {', '.join(HELD_OUT)}\n")
+    result = summary(args.data, peak, bw)
+    print("median |predicted / measured - 1| on held-out rows:\n")
+    print_summary(result)
+    if args.calibrate:
+        fields = ",\n".join(f"    {k}={v:.4g}" for k, v in result["refit"].items())
+        print(f"\nCALIBRATED = SustainedRates(\n{fields},\n)")
     if args.json:
-        write_json_atomic(args.json, {"table": table, "calibrated": calibrated.__dict__})
-    if args.write_efficiency:
-        block = {k: getattr(calibrated, k) for k in roofline.Efficiency.__dataclass_fields__}
-        block["source"] = (f"benchmarks/validate_a100.py: least squares on log error over the A100 timings "
-                           f"of {', '.join(TRAIN)} (training models only); see docs/cost-models.md")
-        for path in sorted(DATASHEET_DIR.glob("*.json")):
-            data = json.loads(path.read_text())
-            data["efficiency"] = block
-            write_json_atomic(path, data)
-        print(f"\nwrote the efficiency block into {len(list(DATASHEET_DIR.glob('*.json')))} datasheet profiles")
-    return 0 if math.isfinite(table[-2]["fitted"]) else 1
+        write_json_atomic(args.json, result)
+    return 0
 
 
 if __name__ == "__main__":

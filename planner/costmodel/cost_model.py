@@ -3,7 +3,9 @@
 A measured profile answers from its fitted regressions (planner/costmodel/fitted.py, stored under
 "cost_models" as "<family>.<processor>.<dtype>", "elementwise.<processor>" and "link.<name>") where it
 has one for the query; everything else, and every datasheet profile, falls back to the roofline
-(planner/costmodel/roofline.py) with the profile's "efficiency" block.
+(planner/costmodel/roofline.py) at the sustained rates of planner/costmodel/calibration.py, the
+same constants for every GPU. Only the host CPU's attention still reads the profile's
+"efficiency" block.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from planner.costmodel import fitted, roofline
+from planner.costmodel.calibration import CALIBRATED
 from planner.errors import KvplanError
 from planner.layer_costs import Gemm, attention_flops
 from planner.models import DTYPE_BYTES, ModelConfig
@@ -25,7 +28,8 @@ class CostModel:
 
     def __init__(self, profile: Profile):
         self.profile = profile
-        self.efficiency = roofline.Efficiency.from_dict(profile.data.get("efficiency"))
+        self.rates = CALIBRATED
+        self.efficiency = roofline.Efficiency.from_dict(profile.data.get("efficiency"))  # host CPU attention only
         stored = profile.data.get("cost_models") or {}
         if not isinstance(stored, dict):
             raise KvplanError(f"profile {profile.name}: cost_models must be an object")
@@ -88,7 +92,7 @@ class CostModel:
             return self._fitted_s(self._key("gemm", where, dtype), model, (gemm.m, gemm.n, gemm.k))
         return roofline.gemm_time_s(
             gemm.m, gemm.n, gemm.k, DTYPE_BYTES[dtype], self._peak_tflops(dtype, where),
-            self._memory_gb_per_s(where), self.efficiency,
+            self._memory_gb_per_s(where), self.rates,
         )
 
     def attention_s(
@@ -108,6 +112,10 @@ class CostModel:
                 return self._fitted_s(self._key("attention", where, dtype), reg, dims)
             # several new tokens: the fitted line on this query's own FLOPs and bytes
             return fitted.predict_from_terms(reg, (flops / 1e9, kv_bytes / 1e9), dims)
+        if where == "device":
+            return roofline.device_attention_time_s(
+                flops, kv_bytes, query_tokens, self._peak_tflops(dtype, where), self._memory_gb_per_s(where), self.rates
+            )
         return roofline.attention_time_s(
             flops, kv_bytes, self._peak_tflops(dtype, where), self._memory_gb_per_s(where), self.efficiency
         )
@@ -119,7 +127,7 @@ class CostModel:
         model = self.fitted_model("elementwise", where)
         if model is not None:
             return self._fitted_s(self._key("elementwise", where, None), model, (float(nbytes),))
-        return roofline.elementwise_time_s(nbytes, self._memory_gb_per_s(where), self.efficiency)
+        return roofline.elementwise_time_s(nbytes, self._memory_gb_per_s(where), self.rates)
 
     def transfer_s(self, link: str, nbytes: float) -> float:
         if link not in self.profile.links:

@@ -8,12 +8,12 @@ Every model is physically shaped first: a non-negative linear model over work te
 i.e. a fixed latency plus work over a rate (the roofline's terms, added rather than max'ed so the
 fit stays linear). A second base adds hinge terms max(0, bytes - knot) at three quantiles of the
 sampled bytes: a convex, increasing line whose rate drops once data falls out of a cache level.
-Two candidates refine either base with a multiplicative correction learned on the log of
-the shape dimensions (m, n, k; batch, context, heads, ...):
+Either base is used alone ("linear") or times a multiplicative correction learned on the log of
+the shape dimensions (m, n, k; batch, context, heads, ...), one of the kinds in CORRECTIONS:
 
-- "poly":  log(time / linear) = degree-2 polynomial of log(dims)   (ridge regression)
-- "tree":  log(time / linear) = a small regression tree of log(dims) (exported arrays)
-- "rows":  log(time / linear) = a piecewise-linear function of log(rows) alone (GEMM m, attention
+- "poly":  log(time / line) = degree-2 polynomial of log(dims)   (ridge regression)
+- "tree":  log(time / line) = a small regression tree of log(dims) (exported arrays)
+- "rows":  log(time / line) = a piecewise-linear function of log(rows) alone (GEMM m, attention
            batch), through the median correction at each probed row count: on the CPU a GEMM's rate
            at a fixed row count is nearly the same for every weight shape, but changes in steps with
            the rows as the BLAS library switches kernels (measured here: 14.5 GB/s of weights at 1-3
@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,9 +42,6 @@ import numpy as np
 from planner.errors import KvplanError
 
 FAMILIES = ("gemm", "attention", "elementwise", "link")
-KINDS = ("linear", "poly", "tree", "rows")
-# families whose first dim is a row count that the "rows" correction follows
-ROWS_FAMILIES = ("gemm", "attention")
 # Shape dimensions per family, in the order samples store them (before the time_s column).
 DIMS: dict[str, tuple[str, ...]] = {
     "gemm": ("m", "n", "k"),
@@ -133,10 +130,15 @@ def _fit_poly(logd: np.ndarray, resid: np.ndarray) -> dict[str, Any]:
     return {"powers": poly.powers_.tolist(), "coef": [float(c) for c in reg.coef_], "intercept": float(reg.intercept_)}
 
 
-def _poly_eval(data: dict[str, Any], logd: np.ndarray) -> np.ndarray:
-    powers = np.asarray(data["powers"], dtype=float)
-    feats = np.prod(np.power(logd[:, None, :], powers[None, :, :]), axis=2)
-    return data["intercept"] + feats @ np.asarray(data["coef"], dtype=float)
+def _poly_at(data: dict[str, Any], logd: Sequence[float]) -> float:
+    corr = data["intercept"]
+    for powers, coef in zip(data["powers"], data["coef"], strict=True):
+        term = coef
+        for x, pw in zip(logd, powers, strict=True):
+            if pw:
+                term *= x ** pw
+        corr += term
+    return corr
 
 
 def _fit_tree(logd: np.ndarray, resid: np.ndarray) -> dict[str, Any]:
@@ -155,16 +157,12 @@ def _fit_tree(logd: np.ndarray, resid: np.ndarray) -> dict[str, Any]:
     }
 
 
-def _tree_eval(data: dict[str, Any], logd: np.ndarray) -> np.ndarray:
-    left, right, feat = data["children_left"], data["children_right"], data["feature"]
-    thr, val = data["threshold"], data["value"]
-    out = np.empty(len(logd))
-    for i, row in enumerate(logd):
-        node = 0
-        while left[node] != -1:
-            node = left[node] if row[feat[node]] <= thr[node] else right[node]
-        out[i] = val[node]
-    return out
+def _tree_at(data: dict[str, Any], logd: Sequence[float]) -> float:
+    left, right, feat, thr = data["children_left"], data["children_right"], data["feature"], data["threshold"]
+    node = 0
+    while left[node] != -1:
+        node = left[node] if logd[feat[node]] <= thr[node] else right[node]
+    return data["value"][node]
 
 
 def _fit_rows(logd: np.ndarray, resid: np.ndarray) -> dict[str, Any]:
@@ -173,13 +171,9 @@ def _fit_rows(logd: np.ndarray, resid: np.ndarray) -> dict[str, Any]:
     return {"x": [float(x) for x in xs], "y": [float(np.median(resid[logd[:, 0] == x])) for x in xs]}
 
 
-def _rows_eval(data: dict[str, Any], logd: np.ndarray) -> np.ndarray:
-    return np.interp(logd[:, 0], np.asarray(data["x"], dtype=float), np.asarray(data["y"], dtype=float))
-
-
-def _rows_one(data: dict[str, Any], x: float) -> float:
-    """_rows_eval for one log(rows), without numpy (np.interp's clamping at both ends)."""
-    xs, ys = data["x"], data["y"]
+def _rows_at(data: dict[str, Any], logd: Sequence[float]) -> float:
+    """Linear interpolation in log(rows) between the knots, constant beyond the ends."""
+    xs, ys, x = data["x"], data["y"], logd[0]
     if x <= xs[0]:
         return ys[0]
     if x >= xs[-1]:
@@ -189,7 +183,58 @@ def _rows_one(data: dict[str, Any], x: float) -> float:
     return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
 
 
-_CORRECTIONS = {"poly": (_fit_poly, _poly_eval), "tree": (_fit_tree, _tree_eval), "rows": (_fit_rows, _rows_eval)}
+def _check_rows(data: Any, ndim: int, where: str) -> None:
+    ok = isinstance(data, dict) and isinstance(data.get("x"), list) and isinstance(data.get("y"), list)
+    ok = ok and len(data["x"]) == len(data["y"]) >= 1 and all(_finite(v) for v in data["x"] + data["y"])
+    if not ok or any(b <= a for a, b in zip(data["x"], data["x"][1:], strict=False)):
+        raise KvplanError(f"{where}: malformed 'rows' block (x increasing, y, same length)")
+
+
+def _check_poly(data: Any, ndim: int, where: str) -> None:
+    ok = isinstance(data, dict) and isinstance(data.get("powers"), list) and isinstance(data.get("coef"), list)
+    ok = ok and _finite(data.get("intercept")) and len(data["powers"]) == len(data["coef"])
+    ok = ok and all(isinstance(p, list) and len(p) == ndim and all(_finite(v) for v in p) for p in data["powers"])
+    if not ok or not all(_finite(c) for c in data["coef"]):
+        raise KvplanError(f"{where}: malformed 'poly' block (powers, coef, intercept)")
+
+
+def _check_tree(data: Any, ndim: int, where: str) -> None:
+    keys = ("children_left", "children_right", "feature", "threshold", "value")
+    if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in keys):
+        raise KvplanError(f"{where}: malformed 'tree' block (needs {', '.join(keys)})")
+    n = len(data["value"])
+    if n == 0 or any(len(data[k]) != n for k in keys):
+        raise KvplanError(f"{where}: 'tree' arrays must have one entry per node")
+    for i in range(n):
+        left, right = data["children_left"][i], data["children_right"][i]
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (left, right, data["feature"][i])):
+            raise KvplanError(f"{where}: 'tree' node {i} has non-integer links")
+        if left != -1 and not (i < left < n and i < right < n and 0 <= data["feature"][i] < ndim):
+            raise KvplanError(f"{where}: 'tree' node {i} points outside the tree")
+        if not (_finite(data["threshold"][i]) and _finite(data["value"][i])):
+            raise KvplanError(f"{where}: 'tree' node {i} has a non-numeric threshold or value")
+
+
+@dataclass(frozen=True)
+class Correction:
+    """A correction kind: log(time / line) as a function of the log shape dims, stored under the
+    kind's name. `fit` maps (log dims of the samples, their log ratios) to the stored block; `at`
+    evaluates a block at one row of log dims (vector callers map it over their rows, so scalar and
+    vector predictions are the same numbers); `check` refuses a malformed block with one line."""
+
+    fit: Callable[[np.ndarray, np.ndarray], dict[str, Any]]
+    at: Callable[[dict[str, Any], Sequence[float]], float]
+    check: Callable[[Any, int, str], None]
+    families: tuple[str, ...]  # the op families it may be tried on (links are never corrected)
+
+
+CORRECTIONS: dict[str, Correction] = {
+    "poly": Correction(_fit_poly, _poly_at, _check_poly, ("gemm", "attention", "elementwise")),
+    "tree": Correction(_fit_tree, _tree_at, _check_tree, ("gemm", "attention", "elementwise")),
+    # the first dim is a row count (GEMM m, attention batch) only for these
+    "rows": Correction(_fit_rows, _rows_at, _check_rows, ("gemm", "attention")),
+}
+KINDS = ("linear", *CORRECTIONS)
 
 
 def _fit_kind(
@@ -204,7 +249,7 @@ def _fit_kind(
     base = np.maximum(_linear_predict(coef, x), 1e-12)
     resid = np.clip(np.log(y / base), -MAX_LOG_CORRECTION, MAX_LOG_CORRECTION)
     logd = _log_dims(dims)
-    model[kind] = _CORRECTIONS[kind][0](logd, resid)
+    model[kind] = CORRECTIONS[kind].fit(logd, resid)
     return model
 
 
@@ -237,8 +282,9 @@ def fit(family: str, rows: Sequence[Sequence[float]], dtype_bytes: int = 1) -> d
     dims, y = arr[:, :ndim], arr[:, -1]
     # links stay physically shaped (latency + bytes / bandwidth, piecewise with hinges): a learned
     # correction on bytes extrapolated inconsistently (2.98 GB/s at 168 MB, 2.24 GB/s at 2 GB)
-    kinds = KINDS if len(y) >= MIN_SAMPLES_FOR_CORRECTION and family != "link" else ("linear",)
-    kinds = tuple(k for k in kinds if k != "rows" or family in ROWS_FAMILIES)
+    kinds = tuple(k for k in KINDS if k == "linear" or family in CORRECTIONS[k].families)
+    if len(y) < MIN_SAMPLES_FOR_CORRECTION or not kinds:
+        kinds = ("linear",)
     # candidates: each kind on the plain line, and (with enough samples) on the line with hinges
     cands = [(k, False) for k in kinds]
     if len(y) >= MIN_SAMPLES_FOR_CORRECTION:
@@ -280,13 +326,9 @@ def _raw_many(model: dict[str, Any], dims: np.ndarray) -> np.ndarray:
     coef = np.asarray(model["linear"], dtype=float)
     terms = _with_hinges(work_terms(family, dims, int(model["dtype_bytes"])), model.get("knots_gb") or [])
     base = _linear_predict(coef, terms)
-    kind = model["kind"]
-    if kind == "linear":
+    if model["kind"] == "linear":
         return base
-    clamped = np.clip(dims, np.asarray(model["dim_min"]), np.asarray(model["dim_max"]))
-    logd = _log_dims(clamped)
-    corr = _CORRECTIONS[kind][1](model[kind], logd)
-    return base * np.exp(np.clip(corr, -MAX_LOG_CORRECTION, MAX_LOG_CORRECTION))
+    return base * np.array([correction(model, row) for row in dims.tolist()])
 
 
 def _terms(family: str, dims: Sequence[float], dtype_bytes: int) -> tuple[float, ...]:
@@ -308,24 +350,7 @@ def correction(model: dict[str, Any], dims: Sequence[float]) -> float:
         return 1.0
     logd = [math.log(max(min(max(float(x), lo), hi), 1.0))
             for x, lo, hi in zip(dims, model["dim_min"], model["dim_max"], strict=True)]
-    if kind == "poly":
-        data = model["poly"]
-        corr = data["intercept"]
-        for powers, coef in zip(data["powers"], data["coef"], strict=True):
-            term = coef
-            for x, pw in zip(logd, powers, strict=True):
-                if pw:
-                    term *= x ** pw
-            corr += term
-    elif kind == "rows":
-        corr = _rows_one(model["rows"], logd[0])
-    else:
-        data = model["tree"]
-        left, right, feat, thr = data["children_left"], data["children_right"], data["feature"], data["threshold"]
-        node = 0
-        while left[node] != -1:
-            node = left[node] if logd[feat[node]] <= thr[node] else right[node]
-        corr = data["value"][node]
+    corr = CORRECTIONS[kind].at(model[kind], logd)
     return math.exp(min(max(corr, -MAX_LOG_CORRECTION), MAX_LOG_CORRECTION))
 
 
@@ -378,7 +403,7 @@ def predict(model: dict[str, Any], dims: Sequence[float]) -> float:
 
 
 def label(model: dict[str, Any]) -> str:
-    """"linear", "poly", "tree", with "+hinge" when the line has knots."""
+    """The kind ("linear" or a CORRECTIONS key), with "+hinge" when the line has knots."""
     return model["kind"] + ("+hinge" if model.get("knots_gb") else "")
 
 
@@ -422,44 +447,8 @@ def validate_model(model: Any, where: str) -> None:
             raise KvplanError(f"{where}: '{key}' must be {ndim} numbers")
     if not _finite(model.get("dtype_bytes")):
         raise KvplanError(f"{where}: 'dtype_bytes' must be a number")
-    if kind == "poly":
-        _check_poly(model.get("poly"), ndim, where)
-    elif kind == "tree":
-        _check_tree(model.get("tree"), ndim, where)
-    elif kind == "rows":
-        _check_rows(model.get("rows"), where)
-
-
-def _check_rows(data: Any, where: str) -> None:
-    ok = isinstance(data, dict) and isinstance(data.get("x"), list) and isinstance(data.get("y"), list)
-    ok = ok and len(data["x"]) == len(data["y"]) >= 1 and all(_finite(v) for v in data["x"] + data["y"])
-    if not ok or any(b <= a for a, b in zip(data["x"], data["x"][1:], strict=False)):
-        raise KvplanError(f"{where}: malformed 'rows' block (x increasing, y, same length)")
-
-
-def _check_poly(data: Any, ndim: int, where: str) -> None:
-    ok = isinstance(data, dict) and isinstance(data.get("powers"), list) and isinstance(data.get("coef"), list)
-    ok = ok and _finite(data.get("intercept")) and len(data["powers"]) == len(data["coef"])
-    ok = ok and all(isinstance(p, list) and len(p) == ndim and all(_finite(v) for v in p) for p in data["powers"])
-    if not ok or not all(_finite(c) for c in data["coef"]):
-        raise KvplanError(f"{where}: malformed 'poly' block (powers, coef, intercept)")
-
-
-def _check_tree(data: Any, ndim: int, where: str) -> None:
-    keys = ("children_left", "children_right", "feature", "threshold", "value")
-    if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in keys):
-        raise KvplanError(f"{where}: malformed 'tree' block (needs {', '.join(keys)})")
-    n = len(data["value"])
-    if n == 0 or any(len(data[k]) != n for k in keys):
-        raise KvplanError(f"{where}: 'tree' arrays must have one entry per node")
-    for i in range(n):
-        left, right = data["children_left"][i], data["children_right"][i]
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (left, right, data["feature"][i])):
-            raise KvplanError(f"{where}: 'tree' node {i} has non-integer links")
-        if left != -1 and not (i < left < n and i < right < n and 0 <= data["feature"][i] < ndim):
-            raise KvplanError(f"{where}: 'tree' node {i} points outside the tree")
-        if not (_finite(data["threshold"][i]) and _finite(data["value"][i])):
-            raise KvplanError(f"{where}: 'tree' node {i} has a non-numeric threshold or value")
+    if kind in CORRECTIONS:
+        CORRECTIONS[kind].check(model.get(kind), ndim, where)
 
 
 def _finite(v: Any) -> bool:

@@ -1,16 +1,71 @@
-"""Roofline predictions for datasheet profiles: time = max(FLOPs / achieved peak, bytes / achieved
-bandwidth) + a fixed launch cost, where the achieved fraction of the compute peak grows with the
-number of GEMM rows (skinny decode GEMMs cannot fill the tensor cores).
+"""Roofline predictions at sustained rates (datasheet profiles, and fallbacks of measured ones).
 
-The efficiency parameters live in the profile ("efficiency"); DEFAULT_EFFICIENCY is used when a
-profile has none. docs/cost-models.md says how they were chosen.
+A kernel's compute time T_c = FLOPs / (f_c * peak FLOP/s) and memory time T_m = bytes / (f_m *
+bandwidth) overlap imperfectly; the time is the power mean
+
+    t = launch + (T_c^n + T_m^n)^(1/n)          (n = overlap_exponent; n -> inf is max(T_c, T_m))
+
+so the achieved fraction of the compute rate depends on the arithmetic intensity I = FLOPs / bytes
+relative to the sustained ridge point I_r = (f_c * peak) / (f_m * bandwidth) (Williams, Waterman &
+Patterson, "Roofline", CACM 2009, for the ridge point):
+
+    achieved FLOP/s / (f_c * peak) = (1 + (I_r / I)^n)^(-1/n)
+
+It rises with the GEMM's rows (a skinny m x k by k x n GEMM has I ~ m FLOPs per weight element)
+and saturates past the ridge point: one formula for every GPU, from its own peak and bandwidth.
+Decode attention is bandwidth-bound (about one FLOP per K,V byte); prefill attention is
+compute-bound at a much lower fraction of the peak than a GEMM. The constants are in
+planner/costmodel/calibration.py, with their source and held-out error (docs/cost-models.md).
+
+The functions take floats or numpy arrays (the benchmark evaluates them on whole tables).
+
+`Efficiency` and `attention_time_s` are the older parameters and formula that only the host CPU's
+attention still uses (from a profile's "efficiency" block); the host part of a profile replaces it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from planner.costmodel.calibration import SustainedRates
 
+
+def overlap_s(compute_s, memory_s, exponent: float):
+    """(T_c^n + T_m^n)^(1/n): the longer of the two, plus what the shorter fails to hide."""
+    return (compute_s ** exponent + memory_s ** exponent) ** (1.0 / exponent)
+
+
+def ridge_flops_per_byte(peak_tflops: float, memory_gb_per_s: float, rates: SustainedRates) -> float:
+    """The sustained ridge point I_r: FLOPs per byte at which compute and memory time are equal."""
+    return (rates.gemm_compute_fraction * peak_tflops * 1e12) / (rates.gemm_memory_fraction * memory_gb_per_s * 1e9)
+
+
+def gemm_time_s(m, n, k, dtype_bytes: int, peak_tflops: float, memory_gb_per_s: float, rates: SustainedRates):
+    """(m x k) @ (k x n): 2mnk FLOPs; reads both operands and writes the result once."""
+    flops = 2.0 * m * n * k
+    moved_bytes = dtype_bytes * (m * k + k * n + m * n)
+    compute_s = flops / (peak_tflops * 1e12 * rates.gemm_compute_fraction)
+    memory_s = moved_bytes / (memory_gb_per_s * 1e9 * rates.gemm_memory_fraction)
+    return rates.launch_s + overlap_s(compute_s, memory_s, rates.overlap_exponent)
+
+
+def device_attention_time_s(
+    flops, kv_bytes, query_tokens: int, peak_tflops: float, memory_gb_per_s: float, rates: SustainedRates
+):
+    """Attention of `query_tokens` new tokens per sequence: reading K,V at the decode-attention
+    bandwidth fraction, overlapped with the causal FLOPs at the prefill compute fraction, plus the
+    fixed cost of a decode call (one new token) or a prefill call (several)."""
+    compute_s = flops / (peak_tflops * 1e12 * rates.prefill_attention_compute_fraction)
+    memory_s = kv_bytes / (memory_gb_per_s * 1e9 * rates.decode_attention_memory_fraction)
+    floor_s = rates.decode_attention_floor_s if query_tokens == 1 else rates.prefill_attention_floor_s
+    return floor_s + overlap_s(compute_s, memory_s, rates.overlap_exponent)
+
+
+def elementwise_time_s(nbytes, memory_gb_per_s: float, rates: SustainedRates):
+    return rates.elementwise_floor_s + nbytes / (memory_gb_per_s * 1e9 * rates.elementwise_memory_fraction)
+
+
+# -- the host CPU's attention (its owner replaces it with the host part's measured rate) ---------
 @dataclass(frozen=True)
 class Efficiency:
     gemm_peak_fraction: float = 0.75  # best achieved fraction of the datasheet FLOP/s for large GEMMs
@@ -31,24 +86,9 @@ class Efficiency:
 DEFAULT_EFFICIENCY = Efficiency()
 
 
-def gemm_time_s(
-    m: int, n: int, k: int, dtype_bytes: int, peak_tflops: float, memory_gb_per_s: float, eff: Efficiency
-) -> float:
-    flops = 2.0 * m * n * k
-    moved_bytes = dtype_bytes * (m * k + k * n + m * n)
-    compute_fraction = eff.gemm_peak_fraction * m / (m + eff.gemm_half_rows)
-    compute_s = flops / (peak_tflops * 1e12 * compute_fraction)
-    memory_s = moved_bytes / (memory_gb_per_s * 1e9 * eff.memory_fraction)
-    return eff.launch_s + max(compute_s, memory_s)
-
-
 def attention_time_s(
     flops: float, kv_bytes: float, peak_tflops: float, memory_gb_per_s: float, eff: Efficiency
 ) -> float:
     compute_s = flops / (peak_tflops * 1e12 * eff.gemm_peak_fraction)
     memory_s = kv_bytes / (memory_gb_per_s * 1e9 * eff.attention_memory_fraction)
     return eff.launch_s + max(compute_s, memory_s)
-
-
-def elementwise_time_s(nbytes: float, memory_gb_per_s: float, eff: Efficiency) -> float:
-    return eff.launch_s + nbytes / (memory_gb_per_s * 1e9 * eff.elementwise_memory_fraction)

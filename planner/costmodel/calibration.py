@@ -1,0 +1,60 @@
+"""The calibrated constants of the GPU roofline (planner/costmodel/roofline.py), in one place.
+
+Each is a dimensionless fraction of a datasheet number or a fixed time, the same for every GPU:
+a GPU's own peak FLOP/s and memory bandwidth come from its profile, so another GPU gets the same
+formulas from its datasheet numbers, with no per-GPU factor.
+
+Source: per-operator A100 timings measured with microsoft/vidur (MIT licence), read from
+../shared/data/gpu-op-timings/a100/ against the A100-SXM4-80GB datasheet (312 TFLOP/s fp16,
+2,039 GB/s). `python benchmarks/validate_a100.py --calibrate` re-derives every value below
+(least squares on log(predicted / measured)) and prints the held-out table of docs/cost-models.md:
+
+- GEMM and element-wise constants: fitted on the training models' rows only (Llama-2-7b,
+  Llama-2-70b, Meta-Llama-3-70B, Qwen-72B, phi-2; all tensor-parallel degrees and token counts);
+  held-out median error on Meta-Llama-3-8B, CodeLlama-34b-Instruct, internlm-20b: GEMMs 5.2%
+  (4.5% below 64 tokens), element-wise 5.7% (23% below 64 tokens, where a kernel's fixed cost
+  is most of its time).
+- Attention constants: fitted on all 18 Llama-2-7b attention rows (10 decode batches 1-128 at
+  2,048 cached tokens, 8 prefill chunks of 544-576 tokens after 0-3,520 cached ones); held out
+  by leaving one row out at a time (each row predicted from constants fitted without it):
+  median error decode 10.2%, prefill 2.6%. The A100 decode kernel reads K,V at 57-61% of the
+  datasheet bandwidth for 1-8 sequences and at 77-98% for 16-128 (a kernel regime change, likely
+  the split of each sequence's K,V across thread blocks when few sequences cannot fill the GPU;
+  not verified); one fraction plus a floor puts batches 4-8 16-23% fast, batches 16-80 within
+  2-12%, one sequence and 128 sequences 15-21% slow (54% for one sequence when its row is left
+  out). docs/cost-models.md has the per-row table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class SustainedRates:
+    """What a GPU sustains, as fractions of its datasheet peaks, and fixed per-call times."""
+
+    gemm_compute_fraction: float  # f_c: of the datasheet FLOP/s, for GEMMs far above the ridge point
+    gemm_memory_fraction: float  # f_m: of the datasheet bandwidth, for GEMMs far below it (weight streaming)
+    overlap_exponent: float  # n in t = (T_c^n + T_m^n)^(1/n): how compute and memory time overlap
+    launch_s: float  # fixed cost of one GEMM kernel
+    elementwise_memory_fraction: float  # f_e: element-wise kernels (the MLP activation)
+    elementwise_floor_s: float  # fixed cost of one element-wise kernel
+    decode_attention_memory_fraction: float  # f_a: K,V bytes read per second / datasheet bandwidth
+    decode_attention_floor_s: float  # fixed cost of one decode-attention call
+    prefill_attention_compute_fraction: float  # f_p: causal attention FLOPs per second / datasheet FLOP/s
+    prefill_attention_floor_s: float  # fixed cost of one prefill-attention call (measured at 544-576 tokens)
+
+
+CALIBRATED = SustainedRates(
+    gemm_compute_fraction=0.7384,
+    gemm_memory_fraction=0.8507,
+    overlap_exponent=1.357,
+    launch_s=5.582e-06,
+    elementwise_memory_fraction=0.5128,
+    elementwise_floor_s=3.107e-06,
+    decode_attention_memory_fraction=0.8418,
+    decode_attention_floor_s=1.371e-05,
+    prefill_attention_compute_fraction=0.3962,
+    prefill_attention_floor_s=9.732e-05,
+)
