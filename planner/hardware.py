@@ -209,12 +209,14 @@ def assumed_numbers(profile: Profile, dtype: str | None = None) -> list[str]:
     if not host.shared_with_device:
         items = [("memory_bytes", f"host memory {format_bytes(host.memory_bytes)}"),
                  ("memory_gb_per_s", f"DRAM {format_gbps(host.memory_gb_per_s)}")]
-        att = {t: host.attention_gb_per_s[t] for t in dtypes if t in host.attention_gb_per_s}
+        unfitted = [t for t in dtypes if not _has_model(profile, f"attention.cpu.{t}")]
+        att = {t: host.attention_gb_per_s[t] for t in unfitted if t in host.attention_gb_per_s}
         if att:
             items.append(("attention_gb_per_s", "CPU attention " + ", ".join(
                 f"{format_gbps(v)} ({t})" for t, v in att.items())))
-        elif not _has_model(profile, "attention.cpu."):
-            out.append(_ASSUMED_ROOFLINE)
+        roofline = [t for t in unfitted if t not in att]
+        if roofline:
+            out.append(f"{_ASSUMED_ROOFLINE} ({', '.join(roofline)})")
         peak = {t: _peak(host.peak_tflops, t) for t in dtypes}
         items.append(("peak_tflops", "CPU " + ", ".join(f"{v:g} TFLOP/s ({t})" for t, v in peak.items())))
         out += [text for field, text in items if host.provenance_of(field) == "assumed"]
@@ -229,8 +231,8 @@ def _peak(table: dict[str, float], dtype: str) -> float:
     return table.get(dtype, table.get("float32", min(table.values())))
 
 
-def _has_model(profile: Profile, prefix: str) -> bool:
-    return any(k.startswith(prefix) for k in (profile.data.get("cost_models") or {}))
+def _has_model(profile: Profile, key: str) -> bool:
+    return key in (profile.data.get("cost_models") or {})
 
 
 def hardware_record(profile: Profile, dtype: str | None = None) -> dict[str, Any]:
@@ -262,3 +264,14 @@ def provenance_line(hardware: dict[str, Any]) -> str | None:
         return None
     return ("assumed, not measured or stated: " + "; ".join(assumed)
             + " (measure with 'kvplan profile' and pass --host local --storage local, or state them)")
+
+
+def parts_line(hardware: dict[str, Any]) -> str:
+    """'device datasheet (t4), host measured (local-vm-cpu), storage assumed (t4)' from a `hardware`
+    record; stated numbers are named after their part."""
+    out = []
+    for part, info in (hardware.get("parts") or {}).items():
+        stated = info.get("stated") or []
+        extra = f", stated: {', '.join(stated)}" if stated else ""
+        out.append(f"{part} {info.get('provenance', '?')} ({info.get('from', '?')}{extra})")
+    return ", ".join(out)

@@ -56,6 +56,11 @@ class HardwareArgs:
         return compose_profile(base, part_profile(self.host, "--host"), part_profile(self.storage, "--storage"),
                                stated)
 
+    def storage_only(self) -> HardwareArgs:
+        """These options less the host ones (for a CPU-only profile, whose host is its device)."""
+        return HardwareArgs(storage=self.storage, disk_read_gbps=self.disk_read_gbps,
+                            disk_write_gbps=self.disk_write_gbps)
+
     def as_options(self) -> list[str]:
         """The options as they would be typed again (recorded in a report's config)."""
         out = []
