@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from planner.units import MAX_BYTES, MAX_GBPS
 from planner.validation import Strict
@@ -24,6 +24,15 @@ Tflops = Annotated[float, Field(gt=0, le=MAX_TFLOPS)]
 Bytes = Annotated[int, Field(gt=0, le=MAX_BYTES)]
 
 
+def _printable(text: str) -> str:
+    if not text.isprintable():
+        raise ValueError("must not contain control characters (newlines, tabs, escapes)")
+    return text
+
+
+Name = Annotated[str, Field(min_length=1, max_length=300), AfterValidator(_printable)]
+
+
 class LinkSchema(Strict):
     gb_per_s: Rate
     latency_s: Annotated[float, Field(ge=0, le=10)] = 0.0
@@ -32,7 +41,7 @@ class LinkSchema(Strict):
 class DeviceSchema(Strict):
     provenance: Provenance | None = None
     type: Literal["cuda", "cpu"]
-    name: Annotated[str, Field(min_length=1, max_length=200)]
+    name: Name
     memory_bytes: Bytes
     memory_gb_per_s: Rate
     peak_tflops: Annotated[dict[DtypeName, Tflops], Field(min_length=1)]
@@ -71,7 +80,7 @@ class SampleTable(Strict):
 class ProfileSchema(Strict):
     schema_version: Literal[1, 2]
     kind: Literal["datasheet", "measured", "composed"]
-    name: Annotated[str, Field(min_length=1, max_length=300)]
+    name: Name
     device: DeviceSchema
     host: HostSchema
     disk: DiskSchema

@@ -71,6 +71,8 @@ def _set(data, path, value):
     ("disk.free_bytes", 1.5e12, "disk.free_bytes"),
     ("host.cores", 0, "host.cores"),
     ("device.memory_bytes", -1, "device.memory_bytes"),
+    ("name", "evil\nname", "name"),
+    ("device.name", "", "device.name"),
 ])
 def test_bad_profile_fields_are_one_line_errors_naming_the_field(run_cli, tmp_path, path, value, field):
     data = json.loads((DATASHEET_DIR / "a100-40g-pcie.json").read_text())
