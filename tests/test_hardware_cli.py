@@ -259,3 +259,42 @@ def test_composing_nothing_keeps_the_profile():
     data["host"]["shared_with_device"] = True
     with pytest.raises(KvplanError, match="shared_with_device"):
         profile_from_dict(data, "x")
+
+
+def _measured_gpu_with_cpu_models():
+    """A measured GPU profile whose host CPU has a fitted attention model (taken from the CPU profile)."""
+    data = json.loads((DATASHEET_DIR / "t4.json").read_text())
+    cpu = json.loads(CPU_V1.read_text())
+    data.update(kind="measured", name="local-box-tesla-t4",
+                cost_models={"attention.cpu.float16": cpu["cost_models"]["attention.device.bfloat16"]})
+    for part in ("device", "host", "disk"):
+        data[part]["provenance"] = "measured"
+    return profile_from_dict(data, "gpu-box")
+
+
+def test_a_host_part_replaces_the_base_profiles_cpu_models():
+    box = _measured_gpu_with_cpu_models()
+    assert CostModel(box).cpu_attention_source("float16").startswith("fitted:")
+    sheet_host = compose_profile(box, host=load_profile(gpu="a100-40g-pcie"))
+    assert "attention.cpu.float16" not in (sheet_host.data.get("cost_models") or {})
+    assert CostModel(sheet_host).cpu_attention_source("float16") == "host rate (assumed)"
+    assert sheet_host.host.provenance == "assumed" and sheet_host.device.provenance == "measured"
+    # and the other way round: a GPU box's measured host under a datasheet GPU keeps its fitted model
+    on_a100 = compose_profile(load_profile(gpu="a100-40g-pcie"), host=box)
+    m = load_model("opt-125m")
+    assert CostModel(on_a100).attention_s(m, 4, 1, 999, "float16", where="cpu") == \
+        CostModel(box).attention_s(m, 4, 1, 999, "float16", where="cpu")
+    # a stated rate wins over the fitted model
+    stated = compose_profile(box, stated=Stated(cpu_attention_gbps=7.0))
+    assert CostModel(stated).cpu_attention_source("float16") == "host rate (stated)"
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--dram-gbps", "-1"), "--dram-gbps"),
+    (("--profile", "CPU", "--host", "CPU"), "is CPU-only"),
+])
+def test_demo_refuses_bad_hardware_before_running(run_cli, tmp_path, args, message):
+    args = [str(CPU_V1) if a == "CPU" else a for a in args]
+    result = run_cli("demo", *args, "-o", tmp_path / "run")
+    assert result.exit_code == 2 and message in result.stderr and result.stderr.count("\n") == 1
+    assert not (tmp_path / "run").exists()
