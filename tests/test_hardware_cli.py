@@ -185,14 +185,18 @@ def test_predict_and_report_compose_parts(run_cli, tmp_path):
     m = load_model("opt-125m")
     assert out["ops"]["cpu_attention"]["time_s"] == pytest.approx(4 * 1001 * 2 * m.kv_dim * 2 / 8e9)
     assert out["hardware"]["parts"]["host"]["stated"] == ["attention_gb_per_s"]
-    report = run_cli("report", "--models", "opt-125m", "--gpus", "t4", "--seqs", "1024", "--strategies", "auto",
-                     "--cpu-attention-gbps", "8", "--storage", CPU_V1, "-o", tmp_path / "rep")
+    report = run_cli("report", "--models", "opt-125m", "--gpus", "t4", "--profile", CPU_V1, "--seqs", "1024",
+                     "--strategies", "auto", "--cpu-attention-gbps", "8", "--storage", CPU_V1, "-o", tmp_path / "rep")
     assert report.exit_code == 0, report.output
     config = json.loads((tmp_path / "rep" / "config.json").read_text())
     assert f"--storage {CPU_V1} --cpu-attention-gbps 8 -o" in config["command"]
-    gpu = config["grid"]["gpus"][0]
+    gpu, cpu = config["grid"]["gpus"]
     assert gpu["hardware"]["parts"]["storage"]["provenance"] == "measured"
+    assert gpu["hardware"]["parts"]["host"]["stated"] == ["attention_gb_per_s"]
     assert gpu["profile_hash"] != load_profile(gpu="t4").profile_hash
+    # the CPU-only entry keeps its own host (its CPU is its device): no stated CPU attention there
+    assert cpu["hardware"]["parts"]["host"] == {**cpu["hardware"]["parts"]["host"], "provenance": "measured",
+                                                "from": "local-vm-cpu", "stated": [], "shared_with_device": True}
     html = (tmp_path / "rep" / "report.html").read_text()
     assert "assumed, not measured or stated" in html and "DRAM 100 GB/s" in html
 
