@@ -1,5 +1,14 @@
-"""Hardware profiles: one JSON schema for datasheet profiles (profiles/datasheet/) and measured
-ones (`kvplan profile`), so either is accepted wherever a profile is.
+"""Hardware profiles: a machine as three parts, each with its provenance — the compute `device`
+(a GPU, or the CPU on a CPU-only machine, with its host links), the `host` (DRAM, CPU GEMM and CPU
+attention rates) and the storage (the JSON's `disk` section with the `disk_read`/`disk_write` links).
+One schema (planner/profile_schema.py) holds datasheet profiles (profiles/datasheet/), measured
+ones (`kvplan profile`) and composed ones (planner/hardware.py: a datasheet GPU with this machine's
+measured host and drive, or numbers a user states), so any of them is accepted wherever a profile is.
+
+A part's provenance is "measured" (by `kvplan profile`), "datasheet" (read off a vendor datasheet),
+"stated" (typed by the user) or "assumed" (a typical value, not known for this machine). Profiles of
+schema_version 1 carry none: their parts are measured in a measured profile; in a datasheet profile
+the device is "datasheet" and the host and the drive are "assumed".
 
 Rates are in GB/s (1e9 bytes per second) and TFLOP/s (1e12 FLOP per second); sizes in bytes.
 """
@@ -14,8 +23,11 @@ from typing import Any
 
 from planner.errors import KvplanError
 from planner.jsonio import read_json
+from planner.profile_schema import REQUIRED_LINKS, ProfileSchema  # noqa: F401  (REQUIRED_LINKS re-exported)
+from planner.validation import validate
 
-PROFILE_SCHEMA_VERSION = 1
+PROFILE_SCHEMA_VERSION = 2
+READ_SCHEMA_VERSIONS = (1, 2)
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PROFILES_DIR = REPO_ROOT / "profiles"
 DATASHEET_DIR = PROFILES_DIR / "datasheet"
@@ -23,8 +35,9 @@ DATASHEET_DIR = PROFILES_DIR / "datasheet"
 # Links a profile may describe. "h2d"/"d2h" are pinned copies; on a CPU-only machine the
 # device is the host, so "h2d" is a host memcpy and the slow link is the disk.
 LINK_NAMES = ("h2d", "d2h", "h2d_pageable", "d2h_pageable", "disk_read", "disk_write", "host_memcpy")
-REQUIRED_LINKS = ("h2d", "d2h", "disk_read", "disk_write")
 DTYPES = ("float16", "bfloat16", "float32")
+PROVENANCES = ("measured", "datasheet", "stated", "assumed")
+PARTS = ("device", "host", "storage")
 
 
 @dataclass(frozen=True)
@@ -39,26 +52,62 @@ class Link:
 
 
 @dataclass(frozen=True)
+class DevicePart:
+    """The compute device and its memory; its links are `h2d`/`d2h` (and the pageable ones)."""
+
+    provenance: str
+    type: str  # "cuda" | "cpu"
+    name: str
+    memory_bytes: int
+    memory_gb_per_s: float
+    peak_tflops: dict[str, float]
+
+
+@dataclass(frozen=True)
+class HostPart:
+    """Host memory as a tier and the CPU as a helper processor (CPU attention, docs/hardware.md)."""
+
+    provenance: str
+    memory_bytes: int
+    memory_gb_per_s: float  # DRAM bandwidth
+    peak_tflops: dict[str, float]  # CPU GEMM
+    attention_gb_per_s: dict[str, float]  # K,V bytes per second of CPU decode attention; {} when unknown
+    cores: int | None
+    shared_with_device: bool  # CPU-only machine: host memory and device memory are one pool
+    stated: tuple[str, ...] = ()  # fields the user stated over the part's own values
+
+    def provenance_of(self, field: str) -> str:
+        return "stated" if field in self.stated else self.provenance
+
+
+@dataclass(frozen=True)
+class StoragePart:
+    """The drive holding spilled weights, K,V and X: the JSON's `disk` section and its links."""
+
+    provenance: str
+    free_bytes: int
+    read: Link
+    write: Link
+    # how much slower or faster than the fitted model the disk ran from one round of the profile to the
+    # next, as multipliers of a transfer's time (fast <= 1 <= slow); None: not measured
+    time_spread: tuple[float, float] | None
+    stated: tuple[str, ...] = ()
+
+    def provenance_of(self, field: str) -> str:
+        return "stated" if field in self.stated else self.provenance
+
+
+@dataclass(frozen=True)
 class Profile:
     """A validated profile; `data` is the full JSON object it was read from."""
 
     name: str
-    kind: str  # "datasheet" | "measured"
-    device_type: str  # "cuda" | "cpu"
-    device_name: str
-    device_memory_bytes: int
-    device_memory_gb_per_s: float
-    device_peak_tflops: dict[str, float]
-    host_memory_bytes: int
-    host_peak_tflops: dict[str, float]
-    host_memory_gb_per_s: float
-    host_is_device: bool  # CPU-only machine: device memory and host memory are one pool
-    disk_free_bytes: int
+    kind: str  # "datasheet" | "measured" | "composed"
+    device: DevicePart
+    host: HostPart
+    storage: StoragePart
     links: dict[str, Link]
     data: dict[str, Any]
-    # how much slower or faster than the fitted model the disk ran from one round of the profile to the
-    # next, as multipliers of a transfer's time (fast <= 1 <= slow); None: not measured (datasheets)
-    disk_time_spread: tuple[float, float] | None = None
 
     @property
     def profile_hash(self) -> str:
@@ -66,125 +115,95 @@ class Profile:
         text = json.dumps(self.data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
+    # the flat names the planner, runtime and commands read
+    @property
+    def device_type(self) -> str:
+        return self.device.type
 
-def _get(obj: dict[str, Any], key: str, where: str) -> Any:
-    if not isinstance(obj, dict) or key not in obj:
-        raise KvplanError(f"profile {where}: missing field '{key}'")
-    return obj[key]
+    @property
+    def device_name(self) -> str:
+        return self.device.name
+
+    @property
+    def device_memory_bytes(self) -> int:
+        return self.device.memory_bytes
+
+    @property
+    def device_memory_gb_per_s(self) -> float:
+        return self.device.memory_gb_per_s
+
+    @property
+    def device_peak_tflops(self) -> dict[str, float]:
+        return self.device.peak_tflops
+
+    @property
+    def host_memory_bytes(self) -> int:
+        return self.host.memory_bytes
+
+    @property
+    def host_memory_gb_per_s(self) -> float:
+        return self.host.memory_gb_per_s
+
+    @property
+    def host_peak_tflops(self) -> dict[str, float]:
+        return self.host.peak_tflops
+
+    @property
+    def host_is_device(self) -> bool:
+        return self.host.shared_with_device
+
+    @property
+    def disk_free_bytes(self) -> int:
+        return self.storage.free_bytes
+
+    @property
+    def disk_time_spread(self) -> tuple[float, float] | None:
+        return self.storage.time_spread
 
 
-def _positive(value: Any, where: str, *, allow_zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise KvplanError(f"profile {where}: expected a number, got {value!r}")
-    if value < 0 or (value == 0 and not allow_zero) or value != value or value == float("inf"):
-        raise KvplanError(f"profile {where}: expected a positive number, got {value!r}")
-    return value
-
-
-def _tflops(obj: Any, where: str) -> dict[str, float]:
-    if not isinstance(obj, dict) or not obj:
-        raise KvplanError(f"profile {where}: expected an object of dtype -> TFLOP/s")
-    out = {}
-    for dtype, value in obj.items():
-        if dtype not in DTYPES:
-            raise KvplanError(f"profile {where}: unknown dtype '{dtype}'")
-        out[dtype] = float(_positive(value, f"{where}.{dtype}"))
-    return out
+def part_provenance(data: dict[str, Any], section: str) -> str:
+    """A part's provenance: its own field, else what its profile's kind implies (schema version 1)."""
+    own = (data.get(section) or {}).get("provenance")
+    if own is not None:
+        return own
+    if data.get("kind") == "measured":
+        return "measured"
+    return "datasheet" if section == "device" else "assumed"
 
 
 def profile_from_dict(data: Any, origin: str = "<profile>") -> Profile:
-    """Validate a profile object and wrap it; every problem is a one-line KvplanError."""
+    """Validate a profile object and wrap it; every problem is a one-line KvplanError naming the field."""
     if not isinstance(data, dict):
         raise KvplanError(f"profile {origin}: expected a JSON object")
+    if "decisions" in data and "prediction" in data:
+        raise KvplanError(f"profile {origin}: this is a kvplan plan, not a hardware profile")
     version = data.get("schema_version")
-    if version != PROFILE_SCHEMA_VERSION:
-        raise KvplanError(
-            f"profile {origin}: schema_version {version!r} is not supported (expected {PROFILE_SCHEMA_VERSION})"
-        )
-    device = _get(data, "device", origin)
-    host = _get(data, "host", origin)
-    disk = _get(data, "disk", origin)
-    links_obj = _get(data, "links", origin)
-    kind = _get(data, "kind", origin)
-    if kind not in ("datasheet", "measured"):
-        raise KvplanError(f"profile {origin}: kind must be 'datasheet' or 'measured', got {kind!r}")
-    device_type = _get(device, "type", f"{origin} device")
-    if device_type not in ("cuda", "cpu"):
-        raise KvplanError(f"profile {origin}: device.type must be 'cuda' or 'cpu', got {device_type!r}")
-    links = {}
-    if not isinstance(links_obj, dict):
-        raise KvplanError(f"profile {origin}: links must be an object")
-    for name in REQUIRED_LINKS:
-        _get(links_obj, name, f"{origin} links")
-    for name, link in links_obj.items():
-        if name not in LINK_NAMES:
-            raise KvplanError(f"profile {origin}: unknown link '{name}' (known: {', '.join(LINK_NAMES)})")
-        links[name] = Link(
-            gb_per_s=float(_positive(_get(link, "gb_per_s", f"{origin} links.{name}"), f"links.{name}.gb_per_s")),
-            latency_s=float(_positive(link.get("latency_s", 0.0), f"links.{name}.latency_s", allow_zero=True)),
-        )
-    _check_optional_sections(data, origin)
-    return Profile(
-        name=str(_get(data, "name", origin)),
-        kind=kind,
-        device_type=device_type,
-        device_name=str(_get(device, "name", f"{origin} device")),
-        device_memory_bytes=int(_positive(_get(device, "memory_bytes", f"{origin} device"), "device.memory_bytes")),
-        device_memory_gb_per_s=float(
-            _positive(_get(device, "memory_gb_per_s", f"{origin} device"), "device.memory_gb_per_s")
-        ),
-        device_peak_tflops=_tflops(_get(device, "peak_tflops", f"{origin} device"), "device.peak_tflops"),
-        host_memory_bytes=int(_positive(_get(host, "memory_bytes", f"{origin} host"), "host.memory_bytes")),
-        host_peak_tflops=_tflops(_get(host, "peak_tflops", f"{origin} host"), "host.peak_tflops"),
-        host_memory_gb_per_s=float(
-            _positive(_get(host, "memory_gb_per_s", f"{origin} host"), "host.memory_gb_per_s")
-        ),
-        host_is_device=bool(host.get("shared_with_device", device_type == "cpu")),
-        disk_free_bytes=int(_positive(_get(disk, "free_bytes", f"{origin} disk"), "disk.free_bytes", allow_zero=True)),
-        links=links,
-        data=data,
-        disk_time_spread=_time_spread(disk.get("read_time_spread"), origin),
-    )
-
-
-def _time_spread(obj: Any, origin: str) -> tuple[float, float] | None:
-    """disk.read_time_spread {"fast": f, "slow": s, ...} as (f, s), checked 0 < f <= 1 <= s."""
-    if obj is None:
-        return None
-    where = f"{origin} disk.read_time_spread"
-    if not isinstance(obj, dict):
-        raise KvplanError(f"profile {where} must be an object with 'fast' and 'slow'")
-    fast = _positive(_get(obj, "fast", where), f"{where}.fast")
-    slow = _positive(_get(obj, "slow", where), f"{where}.slow")
-    if not fast <= 1 <= slow:
-        raise KvplanError(f"profile {where} needs fast <= 1 <= slow, got fast={fast!r} slow={slow!r}")
-    return float(fast), float(slow)
-
-
-def _check_optional_sections(data: dict[str, Any], origin: str) -> None:
-    """Optional sections: "cost_models" (fitted regressions, planner/costmodel/fitted.py), "samples"
-    (the raw probe samples they were fitted on) and "efficiency" (roofline parameters)."""
-    models = data.get("cost_models")
-    if models is not None:
-        if not isinstance(models, dict):
-            raise KvplanError(f"profile {origin}: cost_models must be an object")
+    if version not in READ_SCHEMA_VERSIONS:
+        raise KvplanError(f"profile {origin}: schema_version {version!r} is not supported "
+                          f"(expected one of {', '.join(map(str, READ_SCHEMA_VERSIONS))})")
+    schema = validate(ProfileSchema, data, origin, "profile")
+    if schema.cost_models:
         from planner.costmodel.fitted import validate_model
 
-        for key, model in models.items():
+        for key, model in schema.cost_models.items():
             validate_model(model, f"profile {origin} cost_models.{key}")
-    samples = data.get("samples")
-    if samples is not None and not (
-        isinstance(samples, dict) and all(isinstance(s, dict) and isinstance(s.get("rows"), list)
-                                          for s in samples.values())
-    ):
-        raise KvplanError(f"profile {origin}: samples must be an object of {{columns, rows}} tables")
-    eff = data.get("efficiency")
-    if eff is not None:
-        if not isinstance(eff, dict):
-            raise KvplanError(f"profile {origin}: efficiency must be an object")
-        for key, value in eff.items():
-            if key != "source" and key != "note":
-                _positive(value, f"{origin} efficiency.{key}")
+    links = {name: Link(gb_per_s=float(link.gb_per_s), latency_s=float(link.latency_s))
+             for name, link in schema.links.items()}
+    d, h, k = schema.device, schema.host, schema.disk
+    device = DevicePart(part_provenance(data, "device"), d.type, d.name, d.memory_bytes, float(d.memory_gb_per_s),
+                        {t: float(v) for t, v in d.peak_tflops.items()})
+    host = HostPart(
+        provenance=part_provenance(data, "host"), memory_bytes=h.memory_bytes,
+        memory_gb_per_s=float(h.memory_gb_per_s), peak_tflops={t: float(v) for t, v in h.peak_tflops.items()},
+        attention_gb_per_s={t: float(v) for t, v in (h.attention_gb_per_s or {}).items()}, cores=h.cores,
+        shared_with_device=h.shared_with_device if h.shared_with_device is not None else d.type == "cpu",
+        stated=tuple(h.stated),
+    )
+    spread = (float(k.read_time_spread.fast), float(k.read_time_spread.slow)) if k.read_time_spread else None
+    storage = StoragePart(part_provenance(data, "disk"), k.free_bytes, links["disk_read"], links["disk_write"],
+                          spread, tuple(k.stated))
+    return Profile(name=schema.name, kind=schema.kind, device=device, host=host, storage=storage, links=links,
+                   data=data)
 
 
 def datasheet_names() -> list[str]:

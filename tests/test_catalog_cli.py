@@ -62,7 +62,7 @@ def test_bad_names_exit_2(run_cli, args, message):
     ("", "is empty"),
     ('{"schema_version": 1, "name": "x", "kind": "measured", "dev', "not valid JSON (truncated?)"),
     ('{"schema_version": 7}', "schema_version 7 is not supported"),
-    ('{"schema_version": 1, "name": "x", "kind": "measured"}', "missing field 'device'"),
+    ('{"schema_version": 1, "name": "x", "kind": "measured"}', "profile field device: Field required"),
 ])
 def test_bad_profile_files(tmp_path, text, message):
     from planner.errors import KvplanError

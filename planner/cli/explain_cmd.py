@@ -9,6 +9,7 @@ import click
 from planner.cli.output import human_bytes
 from planner.cli.solve_cmd import gain_lines
 from planner.errors import KvplanError
+from planner.hardware import parts_line, provenance_line
 from planner.layer_costs import kv_bytes_per_token, layer_weight_bytes, recompute_saves_bytes, x_bytes_per_token
 from planner.plan import load_plan
 from planner.search.evaluate import layer_split
@@ -53,6 +54,10 @@ def explain_lines(plan_data: dict[str, Any], model, seq: int, prompt: int, gen: 
     out: list[str] = []
     out.append(f"Plan: {model.name} on {hw['profile_name']} ({hw['device_name']}, {hw['profile_kind']} profile "
                f"{hw['profile_hash']})")
+    if hw.get("parts"):  # plans written before profiles had parts have none
+        out.append(f"  hardware parts: {parts_line(hw)}")
+        if provenance_line(hw):
+            out.append(f"  {provenance_line(hw)}")
     out.append(f"  context {seq} tokens = prompt {prompt} + gen {gen}; objective {inputs['objective']}; strategy "
                f"asked {inputs['strategy']}, chosen {d.strategy}; dtype {d.dtype}")
     out.append("")

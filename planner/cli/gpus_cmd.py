@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from planner.cli.output import echo_json, human_bytes, print_table
+from planner.hardware import hardware_record, parts_line
 from planner.profile import datasheet_names, load_profile
 
 
@@ -19,6 +20,7 @@ def command(name: str | None, as_json: bool) -> None:
             echo_json(profile.data)
             return
         _table([profile])
+        click.echo(f"parts: {parts_line(hardware_record(profile))}")
         for key, text in sorted(profile.data.get("sources", {}).items()):
             click.echo(f"source of {key}: {text}")
         for text in profile.data.get("assumptions", []):

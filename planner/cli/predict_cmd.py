@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import click
 
+from planner.cli.hardware import HardwareArgs, hardware_options
 from planner.cli.output import echo_json, human_bytes, human_count, print_table
 from planner.costmodel import CostModel
 from planner.costmodel.layer_time import layer_op_times_s, recompute_kv_s
 from planner.errors import KvplanError
+from planner.hardware import hardware_record, provenance_line
 from planner.layer_costs import kv_bytes_per_token, op_flops, recompute_kv_flops, x_bytes_per_token
 from planner.models import DTYPE_BYTES, load_model
 from planner.profile import find_local_profile, load_profile
@@ -24,7 +26,7 @@ def _positive_int(value: int | None, flag: str, lo: int) -> None:
 
 
 def predict(profile_path: str | None, gpu: str | None, model_name: str, tokens: int, context: int, batch: int,
-            dtype: str | None) -> dict:
+            dtype: str | None, hardware: HardwareArgs | None = None) -> dict:
     """Per-layer predictions as plain data (what --json prints)."""
     _positive_int(tokens, "--tokens", 1)
     _positive_int(context, "--context", 0)
@@ -37,6 +39,8 @@ def predict(profile_path: str | None, gpu: str | None, model_name: str, tokens: 
             raise KvplanError("no local profile: run 'kvplan profile' first, or pass --profile FILE or --gpu NAME")
         profile_path = str(local)
     profile = load_profile(profile_path, gpu)
+    if hardware is not None:
+        profile = hardware.compose(profile)
     model = load_model(model_name)
     if dtype is None:
         dtype = "float32" if profile.device_type == "cpu" else model.dtype
@@ -55,6 +59,11 @@ def predict(profile_path: str | None, gpu: str | None, model_name: str, tokens: 
         reg = cost.fitted_model(family, "device", fam_dtype)
         ops[name] = {"time_s": times[name], "flops": flops[name], "model": source,
                      "cv_mape": reg["cv_mape"] if reg else None}
+    if not profile.host_is_device:  # the host CPU beside a GPU, as CPU attention uses it
+        reg = cost.fitted_model("attention", "cpu", dtype)
+        ops["cpu_attention"] = {"time_s": cost.attention_s(model, batch, tokens, context, dtype, where="cpu"),
+                                "flops": flops["attention"], "model": cost.cpu_attention_source(dtype),
+                                "cv_mape": reg["cv_mape"] if reg else None}
     stored_tokens = batch * (context + tokens)  # the layer's whole cache after this step
     kv_bytes = stored_tokens * kv_bytes_per_token(model, dtype)
     x_bytes = stored_tokens * x_bytes_per_token(model, dtype)
@@ -68,8 +77,9 @@ def predict(profile_path: str | None, gpu: str | None, model_name: str, tokens: 
         "profile": {"name": profile.name, "kind": profile.kind, "hash": profile.profile_hash,
                     "device_type": profile.device_type, "device_name": profile.device_name},
         "model": model.name, "dtype": dtype, "tokens": tokens, "context": context, "batch": batch,
+        "hardware": hardware_record(profile, dtype),
         "ops": ops,
-        "layer_compute_s": sum(v["time_s"] for k, v in ops.items() if k != "recompute_kv"),
+        "layer_compute_s": sum(v["time_s"] for k, v in ops.items() if k not in ("recompute_kv", "cpu_attention")),
         "kv_bytes": kv_bytes, "x_bytes": x_bytes, "links": links,
     }
 
@@ -93,9 +103,10 @@ def _err(mape: float | None) -> str:
 @click.option("--dtype", default=None, help="float16 | bfloat16 | float32 (default: the model's on a GPU, "
               "float32 on a CPU profile).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
-def command(profile_path, gpu, model_name, tokens, context, batch, dtype, as_json) -> None:
+@hardware_options
+def command(profile_path, gpu, model_name, tokens, context, batch, dtype, as_json, hardware) -> None:
     """Predicted time of each op of one layer, and of moving its KV and X over each link."""
-    out = predict(profile_path, gpu, model_name, tokens, context, batch, dtype)
+    out = predict(profile_path, gpu, model_name, tokens, context, batch, dtype, hardware)
     if as_json:
         echo_json(out)
         return
@@ -104,10 +115,13 @@ def command(profile_path, gpu, model_name, tokens, context, batch, dtype, as_jso
                f"batch {batch}, {tokens} new token(s) per sequence after {context} cached; one layer")
     rows = [(name, f"{human_count(v['flops'])}FLOP", _ms(v["time_s"]), v["model"], _err(v["cv_mape"]))
             for name, v in out["ops"].items()]
-    rows.append(("layer (excl. recompute)", "", _ms(out["layer_compute_s"]), "", ""))
+    rows.append(("layer (excl. recompute, CPU attention)", "", _ms(out["layer_compute_s"]), "", ""))
     print_table("ops", ["op", "work", "ms", "model", "model error"], rows)
     rows = [(name, f"{v['gb_per_s']:.2f}", _ms(v["kv_s"]), _ms(v["x_s"]), v["model"], _err(v["cv_mape"]))
             for name, v in out["links"].items()]
     print_table(f"links: the layer's KV ({human_bytes(out['kv_bytes'])}) and X ({human_bytes(out['x_bytes'])}) "
                 f"of {batch * (context + tokens):,} tokens",
                 ["link", "GB/s", "KV ms", "X ms", "model", "model error"], rows)
+    assumed = provenance_line(out["hardware"])
+    if assumed:
+        click.echo(assumed)

@@ -3,15 +3,19 @@ capacity-planning report folder (results.csv/.parquet, report.html, report.md, f
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import click
 
+from planner.cli.hardware import HardwareArgs, hardware_options
 from planner.cli.output import echo_json, print_table
 from planner.errors import KvplanError
+from planner.profile import profile_from_dict
 from planner.report.runs import load_runs
 from planner.report.sweep import (
     OBJECTIVES,
+    GpuEntry,
     Grid,
     effective_jobs,
     parse_batches,
@@ -51,21 +55,23 @@ MULTI = dict(multiple=True, metavar="A,B,...")
 @click.option("--progress/--no-progress", default=None, help="Progress bar on stderr (default: when a terminal).")
 @click.option("--out", "-o", "out_dir", required=True, type=click.Path(file_okay=False), help="Report folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON instead of a table.")
+@hardware_options
 def command(
     models: tuple[str, ...], gpus: tuple[str, ...], profiles: tuple[str, ...], seqs: tuple[str, ...],
     batches: tuple[str, ...], gen: int, strategies: tuple[str, ...], objective: str, prices: tuple[str, ...],
     runs: tuple[str, ...], jobs: int | None, dask_address: str | None, progress: bool | None, out_dir: str,
-    as_json: bool,
+    as_json: bool, hardware: HardwareArgs,
 ) -> None:
     """Capacity planning across models, GPUs and contexts: solve a whole grid and write a report."""
     model_list = resolve_models(models)
-    gpu_list = resolve_gpus(gpus, profiles)
+    gpu_list = [_with_parts(g, hardware) for g in resolve_gpus(gpus, profiles)]
     if not seqs:
         raise KvplanError("--seqs is required: give contexts such as 1k,4k,16k or a range 1024:32768:x2")
     grid = Grid(
         models=tuple(model_list), gpus=tuple(gpu_list), seqs=tuple(parse_seqs(seqs)),
         batches=tuple(parse_batches(batches)), gen=gen, strategies=tuple(parse_strategies(strategies)),
         objective=objective, prices=parse_prices(prices, [g.name for g in gpu_list]),
+        hardware_options=tuple(hardware.as_options()),
     )
     records = load_runs(list(runs))
     n_jobs = effective_jobs(grid.size, jobs)
@@ -96,3 +102,13 @@ def command(
             f"no feasible configuration in the grid ({len(results):,} tried); most common reason: "
             f"{reasons.index[0]}; every reason is listed in {report.out_dir / 'report.html'}"
         )
+
+
+def _with_parts(entry: GpuEntry, hardware: HardwareArgs) -> GpuEntry:
+    """The GPU entry with the --host/--storage parts and stated numbers; a CPU-only entry (its CPU is
+    its device, its host its own) takes only the storage ones."""
+    base = profile_from_dict(entry.data, entry.source)
+    if base.host_is_device:
+        hardware = hardware.storage_only()
+    profile = hardware.compose(base)
+    return dataclasses.replace(entry, profile_hash=profile.profile_hash, data=profile.data)

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import click
 
+from planner.cli.hardware import HardwareArgs, hardware_options
 from planner.cli.output import echo_json
 from planner.errors import KvplanError
+from planner.hardware import check_request_fits, provenance_line
 from planner.models import load_model
 from planner.plan import save_plan
 from planner.profile import find_local_profile, load_profile
@@ -134,9 +136,11 @@ def _tiers(frac: dict[str, float]) -> str:
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="Plan file (default: plans/<model>-<hardware>-s<seq>-g<gen>-b<batch>.json).")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan JSON on stdout (the file is written too).")
+@hardware_options
 def command(model_name: str, seq: int, gen: int | None, prompt: int | None, batch_text: str, profile_path: str | None,
             gpu: str | None, objective: str, strategy: str, dtype: str | None, gpu_mem: str | None,
-            cpu_mem: str | None, disk: str | None, output: str | None, as_json: bool) -> None:
+            cpu_mem: str | None, disk: str | None, output: str | None, as_json: bool,
+            hardware: HardwareArgs) -> None:
     """Solve for the best execution plan of MODEL at context SEQ and write it as JSON."""
     if seq <= 0:
         raise KvplanError(f"--seq must be a positive number of tokens, got {seq}")
@@ -151,7 +155,8 @@ def command(model_name: str, seq: int, gen: int | None, prompt: int | None, batc
         objective=objective, strategy=strategy, dtype=dtype, gpu_mem_bytes=parse_size(gpu_mem, "--gpu-mem"),
         cpu_mem_bytes=parse_size(cpu_mem, "--cpu-mem"), disk_bytes=parse_size(disk, "--disk"),
     )
-    profile = resolve_profile(profile_path, gpu)
+    profile = hardware.compose(resolve_profile(profile_path, gpu))
+    check_request_fits(profile, request.cpu_mem_bytes)
     start = time.perf_counter()
     plan = solve(request, profile)
     solve_s = time.perf_counter() - start
@@ -159,11 +164,14 @@ def command(model_name: str, seq: int, gen: int | None, prompt: int | None, batc
         click.echo(f"Warning: {warning}", err=True)
     path = Path(output) if output else default_plan_path(plan)
     save_plan(path, plan)
+    assumed = provenance_line(plan["hardware"])
     if as_json:
         echo_json(plan)
+        if assumed:
+            click.echo(assumed, err=True)
         click.echo(f"wrote {path} (solved in {solve_s * 1e3:.0f} ms)", err=True)
         return
-    for line in summary_lines(plan):
+    for line in summary_lines(plan) + ([f"  {assumed}"] if assumed else []):
         click.echo(line)
     click.echo(f"wrote {path} (solver {plan['solver']['name']} {plan['solver']['status']}, "
                f"{solve_s * 1e3:.0f} ms with the 4 pinned baselines)")

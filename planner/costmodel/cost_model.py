@@ -22,6 +22,15 @@ from planner.profile import Profile
 WHERE = ("device", "cpu")
 
 
+def host_attention_s(flops: float, kv_bytes: float, attention_gb_per_s: float, cpu_peak_tflops: float) -> float:
+    """CPU attention beside a GPU: decode attention reads every K,V byte once (shared/design.md §9), so
+    its time is the K,V bytes over the rate the host's attention kernel sustains on them (measured,
+    stated or assumed: profile `host.attention_gb_per_s`), unless the CPU's GEMM peak is slower still
+    (a GQA model does g times the FLOPs per K,V byte). The q and output transfers it needs are link
+    terms of the step (planner/search), not part of this time."""
+    return max(kv_bytes / (attention_gb_per_s * 1e9), flops / (cpu_peak_tflops * 1e12))
+
+
 class CostModel:
     """Predicts op and transfer times on one machine. `where` is "device" (the compute device:
     a GPU, or the CPU on a CPU-only machine) or "cpu" (the host CPU as a helper)."""
@@ -106,6 +115,10 @@ class CostModel:
         keys = context + query_tokens
         kv_bytes = batch * keys * 2 * model.kv_dim * DTYPE_BYTES[dtype]
         reg = self.fitted_model("attention", where, dtype)
+        if reg is None and where == "cpu" and not self.profile.host_is_device:
+            rate = self.profile.host.attention_gb_per_s.get(dtype)
+            if rate is not None:
+                return host_attention_s(flops, kv_bytes, rate, self._peak_tflops(dtype, "cpu"))
         if reg is not None:
             dims = (batch, keys, model.num_heads, model.num_kv_heads, model.head_dim)
             if query_tokens == 1:
@@ -119,6 +132,17 @@ class CostModel:
         return roofline.attention_time_s(
             flops, kv_bytes, self._peak_tflops(dtype, where), self._memory_gb_per_s(where), self.efficiency
         )
+
+    def cpu_attention_source(self, dtype: str) -> str:
+        """Which number answers CPU attention on the host beside a GPU: the host's fitted model, its
+        measured/stated/assumed attention rate, or (old profiles without one) the DRAM roofline."""
+        model = self.fitted_model("attention", "cpu", dtype)
+        if model is not None:
+            return f"fitted:{fitted.label(model)}"
+        host = self.profile.host
+        if dtype in host.attention_gb_per_s:
+            return f"host rate ({host.provenance_of('attention_gb_per_s')})"
+        return "roofline"
 
     def elementwise_s(self, nbytes: float, where: str = "device") -> float:
         self._check(where)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from planner.errors import KvplanError
+from planner.hardware import hardware_record
 from planner.models import ModelConfig, load_model
 from planner.profile import Profile, datasheet_names, find_local_profile, load_profile, profile_from_dict
 
@@ -219,6 +220,7 @@ class Grid:
     strategies: tuple[str, ...]
     objective: str
     prices: dict[str, float] = field(default_factory=dict)
+    hardware_options: tuple[str, ...] = ()  # --host/--storage/stated numbers as typed (planner/cli/hardware.py)
 
     def __post_init__(self) -> None:
         if self.gen < 1:
@@ -260,7 +262,9 @@ class Grid:
     def to_dict(self) -> dict[str, Any]:
         return {
             "models": [m.name for m in self.models],
-            "gpus": [{"name": g.name, "source": g.source, "profile_hash": g.profile_hash} for g in self.gpus],
+            "gpus": [{"name": g.name, "source": g.source, "profile_hash": g.profile_hash,
+                      "hardware": hardware_record(profile_from_dict(g.data, g.name))} for g in self.gpus],
+            "hardware_options": list(self.hardware_options),
             "seqs": list(self.seqs),
             "batches": ["auto" if b is None else b for b in self.batches],
             "gen": self.gen,

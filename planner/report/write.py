@@ -12,7 +12,9 @@ import pandas as pd
 
 from planner import __version__
 from planner.errors import KvplanError
+from planner.hardware import hardware_record, parts_line
 from planner.jsonio import dumps_canonical, write_bytes_atomic
+from planner.profile import profile_from_dict
 from planner.report.figures import all_figures
 from planner.report.frame import results_frame, status_counts, to_csv_text, to_parquet_bytes
 from planner.report.html import ReportContent, render_html, render_markdown, seqs_text
@@ -34,6 +36,7 @@ def command_line(grid: Grid, runs: list[str], dask: bool) -> str:
     args += ["--seqs", ",".join(str(s) for s in grid.seqs)]
     args += ["--batches", ",".join("auto" if b is None else str(b) for b in grid.batches)]
     args += ["--gen", str(grid.gen), "--strategies", ",".join(grid.strategies), "--objective", grid.objective]
+    args += list(grid.hardware_options)
     for name, usd in sorted(grid.prices.items()):
         args += ["--price", f"{name}={usd:g}"]
     for run in runs:
@@ -41,6 +44,15 @@ def command_line(grid: Grid, runs: list[str], dask: bool) -> str:
     if dask:
         args += ["--dask", "ADDRESS"]
     return shlex.join(args)
+
+
+def hardware_rows(grid: Grid) -> list[tuple[str, str]]:
+    """Each GPU's parts with their provenance, and the numbers that were assumed (planner/hardware.py)."""
+    records = {g.name: hardware_record(profile_from_dict(g.data, g.name)) for g in grid.gpus}
+    rows = [("hardware parts (provenance, source)", "; ".join(f"{n}: {parts_line(r)}" for n, r in records.items()))]
+    assumed = [f"{n}: {', '.join(r['assumed'])}" for n, r in records.items() if r["assumed"]]
+    rows.append(("assumed, not measured or stated", "; ".join(assumed) or "nothing"))
+    return rows
 
 
 @dataclass(frozen=True)
@@ -57,6 +69,7 @@ def build_content(grid: Grid, frame: pd.DataFrame, records: list[RunRecord], com
     summary = [
         ("models", ", ".join(m.name for m in grid.models)),
         ("GPUs", ", ".join(f"{g.name} ({g.source})" for g in grid.gpus)),
+        *hardware_rows(grid),
         ("contexts (prompt + generated tokens)", seqs_text(list(grid.seqs))),
         ("tokens generated per sequence", str(grid.gen)),
         ("batches", ", ".join("auto" if b is None else str(b) for b in grid.batches)),

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from planner.errors import KvplanError
+from planner.hardware import hardware_record
 from planner.layer_costs import (
     embedding_params,
     kv_bytes_per_token,
@@ -431,10 +432,7 @@ def solve(request: SolveRequest, profile: Profile) -> dict[str, Any]:
     plan = {
         "schema_version": PLAN_SCHEMA_VERSION,
         "model": m.to_dict(),
-        "hardware": {
-            "profile_name": profile.name, "profile_kind": profile.kind, "profile_hash": profile.profile_hash,
-            "device_type": profile.device_type, "device_name": profile.device_name,
-        },
+        "hardware": hardware_record(profile, dtype),
         "inputs": {
             "model": m.name, "seq": request.seq, "prompt": request.prompt_tokens, "gen": request.gen,
             "batch": "auto" if request.batch is None else request.batch, "objective": request.objective,
