@@ -4,8 +4,8 @@ A measured profile answers from its fitted regressions (planner/costmodel/fitted
 "cost_models" as "<family>.<processor>.<dtype>", "elementwise.<processor>" and "link.<name>") where it
 has one for the query; everything else, and every datasheet profile, falls back to the roofline
 (planner/costmodel/roofline.py) at the sustained rates of planner/costmodel/calibration.py, the
-same constants for every GPU. Only the host CPU's attention still reads the profile's
-"efficiency" block.
+same constants for every GPU. The host CPU's attention runs at the host part's rate
+(`host_attention_s`); only old profiles without one still read the profile's "efficiency" block.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ class CostModel:
     def __init__(self, profile: Profile):
         self.profile = profile
         self.rates = CALIBRATED
-        self.efficiency = roofline.Efficiency.from_dict(profile.data.get("efficiency"))  # host CPU attention only
+        self.efficiency = roofline.Efficiency.from_dict(profile.data.get("efficiency"))  # old profiles' CPU attention
         stored = profile.data.get("cost_models") or {}
         if not isinstance(stored, dict):
             raise KvplanError(f"profile {profile.name}: cost_models must be an object")

@@ -20,7 +20,7 @@ planner/costmodel/calibration.py, with their source and held-out error (docs/cos
 The functions take floats or numpy arrays (the benchmark evaluates them on whole tables).
 
 `Efficiency` and `attention_time_s` are the older parameters and formula that only the host CPU's
-attention still uses (from a profile's "efficiency" block); the host part of a profile replaces it.
+attention of an old profile (without a host attention rate) still uses, from its "efficiency" block.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def elementwise_time_s(nbytes, memory_gb_per_s: float, rates: SustainedRates):
     return rates.elementwise_floor_s + nbytes / (memory_gb_per_s * 1e9 * rates.elementwise_memory_fraction)
 
 
-# -- the host CPU's attention (its owner replaces it with the host part's measured rate) ---------
+# -- the host CPU's attention in old profiles without a host attention rate -----------------------
 @dataclass(frozen=True)
 class Efficiency:
     gemm_peak_fraction: float = 0.75  # best achieved fraction of the datasheet FLOP/s for large GEMMs
