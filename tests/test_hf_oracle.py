@@ -10,7 +10,8 @@ the disk tier and on the host tier, one and several GPU batches.
 
 The configs set the fields that change the math to values where a mistake shows: a large norm
 epsilon (1e-2), a non-default rope_theta, llama3 RoPE scaling whose three frequency bands all occur
-at head_dim 16, an explicit head_dim that is not hidden/heads, q/k norms, tied embeddings.
+at head_dim 16 (wavelengths 6.3, 20, 63, ... against bands at 8 and 32), explicit head_dims that
+are not hidden/heads, q/k norms, tied embeddings.
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ FAMILIES = {
     "opt": ("OPTConfig", dict(COMMON, ffn_dim=128, num_attention_heads=4, word_embed_proj_dim=64,
                               do_layer_norm_before=True, enable_bias=True)),
     "llama-2": ("LlamaConfig", dict(ROTARY, num_attention_heads=4, num_key_value_heads=4, rope_theta=10000.0)),
-    "llama-3": ("LlamaConfig", dict(ROTARY, num_attention_heads=8, num_key_value_heads=2, rope_theta=10000.0,
+    "llama-3": ("LlamaConfig", dict(ROTARY, num_attention_heads=8, num_key_value_heads=2, head_dim=16,
+                                    rope_theta=10000.0,
                                     rope_scaling={"rope_type": "llama3", "factor": 4.0, "low_freq_factor": 1.0,
                                                   "high_freq_factor": 4.0,
                                                   "original_max_position_embeddings": 32})),
