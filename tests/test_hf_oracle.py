@@ -23,6 +23,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+from planner import layer_costs as lc  # noqa: E402
 from planner.errors import KvplanError  # noqa: E402
 from planner.models import load_model  # noqa: E402
 from planner.plan import Decisions  # noqa: E402
@@ -132,6 +133,8 @@ def test_runtime_matches_transformers(family, tmp_path):
     folder = tmp_path / family
     hf = build(family, folder)
     m = load_model(str(folder))  # the real config reader
+    # the planner's parameter count (weights bytes, memory) against the model's own
+    assert lc.total_params(m) == sum(p.numel() for p in hf.parameters())
     tokens = torch.randint(0, m.vocab_size, (BATCH, SEQ), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         ref = hf(input_ids=tokens).logits[:, PROMPT - 1:]
