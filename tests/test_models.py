@@ -298,3 +298,10 @@ def test_execute_runs_a_rotary_record_within_its_window(run_cli, write_json, tmp
     result = run_cli("execute", write_json("plan.json", _plan(dict(TINY_ROTARY, sliding_window=16))),
                      "--disk-dir", disk, "--steps", "2")
     assert result.exit_code == 0, result.stderr
+
+
+def test_models_command_prints_the_math_settings(run_cli):
+    out = run_cli("models", "mistral-7b").stdout
+    assert "rmsnorm eps 1e-05" in out and "sliding window 4096" in out and "RoPE theta 10000" in out
+    opt = run_cli("models", "opt-13b").stdout
+    assert "layernorm eps 1e-05, relu MLP, learned positions (2048), tied embeddings" in opt
