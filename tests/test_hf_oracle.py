@@ -16,6 +16,7 @@ are not hidden/heads, q/k norms, tied embeddings.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -194,3 +195,60 @@ def test_sharded_checkpoint_through_its_index(tmp_path):
     disk.mkdir()
     got = run(m, folder, decisions(3, MIXED, MIXED, MIXED, 2), tokens, disk)
     assert float((got - ref).abs().max()) <= TOL
+
+
+def test_checkpoint_reads_one_tensor_at_a_time(tmp_path, monkeypatch):
+    """Opening a checkpoint reads no tensor data; a layer reads exactly that layer's tensors."""
+    from runtime import model as M
+
+    build("llama-2", tmp_path / "l2")
+    m = load_model(str(tmp_path / "l2"))
+    read: list[str] = []
+    real = M.safe_open
+
+    class Counting:
+        def __init__(self, *args, **kwargs):
+            self.f = real(*args, **kwargs)
+
+        def __enter__(self):
+            self.f.__enter__()
+            return self
+
+        def __exit__(self, *exc):
+            return self.f.__exit__(*exc)
+
+        def keys(self):
+            return self.f.keys()
+
+        def get_slice(self, name):
+            return self.f.get_slice(name)
+
+        def get_tensor(self, name):
+            read.append(name)
+            return self.f.get_tensor(name)
+
+    monkeypatch.setattr(M, "safe_open", Counting)
+    ckpt = M.Checkpoint(tmp_path / "l2", m)
+    assert read == []
+    ckpt.layer(1, torch.float32)
+    assert read and all(name.startswith("model.layers.1.") for name in read)
+    assert len(read) == len(set(read)) == 9  # 2 norms, q, k, v, o, gate, up, down
+
+
+def test_broken_checkpoints_are_one_line_errors(tmp_path):
+    from runtime import model as M
+
+    build("qwen2", tmp_path / "q")
+    m = load_model(str(tmp_path / "q"))
+    wider = dataclasses.replace(m, intermediate_size=m.intermediate_size + 2)
+    with pytest.raises(KvplanError, match=r"'model.layers.0.mlp.gate_proj.weight' has shape \(96, 64\), the model "
+                                          r"needs \(98, 64\)"):
+        M.Checkpoint(tmp_path / "q", wider).layer(0, torch.float32)
+    (tmp_path / "q" / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00not json")
+    with pytest.raises(KvplanError, match="is not a readable safetensors file") as err:
+        M.Checkpoint(tmp_path / "q", m)
+    assert "\n" not in str(err.value)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(KvplanError, match="no \\*.safetensors files"):
+        M.Checkpoint(empty, m)
