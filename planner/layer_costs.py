@@ -31,6 +31,8 @@ def layer_weight_params(model: ModelConfig) -> int:
     if model.mlp_bias:
         params += (2 * i if model.gated_mlp else i) + h
     params += 2 * h * (2 if model.norm == "layernorm" else 1)  # input and post-attention norms
+    if model.qk_norm:
+        params += 2 * model.head_dim  # Qwen3's q and k RMSNorm gains, one per head dimension
     return params
 
 

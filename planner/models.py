@@ -1,30 +1,54 @@
-"""Model architectures: a small config dataclass, the built-in name -> config table,
-and a reader for Hugging Face `config.json` files."""
+"""Model architectures: the `ModelConfig` record (every field that changes a layer's math or size),
+its schema (`ModelRecord`, for plan files), and the built-in name -> config table. Hugging Face
+`config.json` files are read by planner/hf_config.py onto the same record."""
 
 from __future__ import annotations
 
 import difflib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import ConfigDict, Field, model_validator
 
 from planner.errors import KvplanError
-from planner.jsonio import read_json
+from planner.units import escape_name
+from planner.validation import Strict, validate
 
 DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4}
+# families decide the checkpoint's tensor names and which biases exist; the math is in the fields
+FAMILIES = ("opt", "llama", "mistral", "qwen2", "qwen3", "phi3")
+# MLP activations the runtime implements (runtime/model.py: _ACTIVATIONS)
+ACTIVATIONS = ("relu", "silu", "gelu", "gelu_tanh")
+# RoPE scalings the runtime implements (runtime/model.py: rope_inv_freq)
+ROPE_SCALINGS = ("linear", "llama3")
+MAX_SIZE = 10_000_000  # any size above this is a typo
+
+
+@dataclass(frozen=True)
+class RopeScaling:
+    """RoPE frequency scaling. "linear": every frequency divided by `factor` (positions interpolated).
+    "llama3": Llama 3.1's per-frequency rule (low frequencies divided by `factor`, high ones kept, a
+    smooth blend between), parameters as in the model's config.json `rope_scaling`."""
+
+    rope_type: str
+    factor: float
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position_embeddings: int = 8192
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     name: str
-    family: str  # "opt" | "llama" | "mistral" | "qwen2": decides biases, norms, positions
+    family: str  # one of FAMILIES
     hidden_size: int
     num_layers: int
     num_heads: int
     num_kv_heads: int
     head_dim: int
     intermediate_size: int
-    gated_mlp: bool  # SwiGLU (gate, up, down) or plain (fc1, fc2)
+    gated_mlp: bool  # gated (gate, up, down) or plain (fc1, fc2)
     vocab_size: int
     position_encoding: str  # "learned" | "rotary"
     dtype: str  # default dtype of the published weights
@@ -36,6 +60,28 @@ class ModelConfig:
     tie_word_embeddings: bool
     rope_theta: float
     source: str
+    # fields below may be absent from a record: absent means the default (see default_of)
+    norm_eps: float | None = None  # epsilon of every norm; None: 1e-5 LayerNorm, 1e-6 RMSNorm
+    activation: str | None = None  # MLP activation, one of ACTIVATIONS; None: silu gated, relu plain
+    rope_scaling: RopeScaling | None = None
+    qk_norm: bool = False  # RMSNorm of each query and key head before RoPE (Qwen3)
+    sliding_window: int | None = None  # attention sees only the last `sliding_window` positions
+
+    def __post_init__(self) -> None:
+        for key in ("norm_eps", "activation"):
+            if getattr(self, key) is None:
+                object.__setattr__(self, key, self.default_of(key))
+        if isinstance(self.rope_scaling, dict):  # a record read back from JSON
+            object.__setattr__(self, "rope_scaling", RopeScaling(**self.rope_scaling))
+
+    def default_of(self, key: str) -> Any:
+        """The value an absent optional field takes (transformers' defaults for the family's norm
+        and MLP: nn.LayerNorm eps 1e-5, LlamaConfig rms_norm_eps 1e-6, SiLU gating, OPT's ReLU)."""
+        if key == "norm_eps":
+            return 1e-5 if self.norm == "layernorm" else 1e-6
+        if key == "activation":
+            return "silu" if self.gated_mlp else "relu"
+        return {"rope_scaling": None, "qk_norm": False, "sliding_window": None}[key]
 
     @property
     def q_dim(self) -> int:
@@ -55,9 +101,102 @@ class ModelConfig:
         return DTYPE_BYTES[self.dtype]
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The record written into plans: optional fields only where they differ from their default,
+        so a record means the same model to every reader, old or new."""
+        out = asdict(self)
+        for key in OPTIONAL_FIELDS:
+            if out[key] == self.default_of(key):
+                del out[key]
+        return out
 
 
+OPTIONAL_FIELDS = ("norm_eps", "activation", "rope_scaling", "qk_norm", "sliding_window")
+
+# --- the schema of a model record (plan files, hand-written records) --------------------------
+Size = Annotated[int, Field(gt=0, le=MAX_SIZE)]
+Number = Annotated[float, Field(ge=0)]
+
+
+class RopeScalingRecord(Strict):
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True, allow_inf_nan=False)
+    rope_type: Literal[ROPE_SCALINGS]
+    factor: Annotated[float, Field(ge=1)]
+    low_freq_factor: Annotated[float, Field(gt=0)] = 1.0
+    high_freq_factor: Annotated[float, Field(gt=0)] = 4.0
+    original_max_position_embeddings: Size = 8192
+
+    @model_validator(mode="after")
+    def _llama3(self) -> RopeScalingRecord:
+        if self.rope_type == "llama3" and self.high_freq_factor <= self.low_freq_factor:
+            raise ValueError("llama3 rope scaling needs high_freq_factor > low_freq_factor")
+        return self
+
+
+class ModelRecord(Strict):
+    """A model record as plans store it: exact types (no "768" for 768, no 12.5 layers), sizes in
+    (0, 10^7], known families and encodings, no unknown fields (a field this version does not know
+    could change the math), and the cross-field rules a layer needs."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True, allow_inf_nan=False)
+    name: Annotated[str, Field(min_length=1, max_length=300)]
+    family: Literal[FAMILIES]
+    hidden_size: Size
+    num_layers: Size
+    num_heads: Size
+    num_kv_heads: Size
+    head_dim: Size
+    intermediate_size: Size
+    gated_mlp: bool
+    vocab_size: Size
+    position_encoding: Literal["learned", "rotary"]
+    dtype: Literal[tuple(DTYPE_BYTES)]
+    max_position_embeddings: Size
+    qkv_bias: bool
+    o_bias: bool
+    mlp_bias: bool
+    norm: Literal["layernorm", "rmsnorm"]
+    tie_word_embeddings: bool
+    rope_theta: Number
+    source: str
+    norm_eps: Annotated[float, Field(gt=0, le=1)] | None = None
+    activation: Literal[ACTIVATIONS] | None = None
+    rope_scaling: RopeScalingRecord | None = None
+    qk_norm: bool = False
+    sliding_window: Size | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelRecord:
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"num_heads {self.num_heads} is not a multiple of num_kv_heads {self.num_kv_heads}")
+        if self.position_encoding == "rotary":
+            if self.head_dim % 2:
+                raise ValueError(f"rotary embeddings need an even head_dim, got {self.head_dim}")
+            if not self.rope_theta > 1:
+                raise ValueError(f"rotary embeddings need rope_theta > 1, got {self.rope_theta}")
+        elif self.rope_scaling is not None or self.qk_norm:
+            raise ValueError("rope_scaling and qk_norm need rotary positions")
+        if self.family == "opt" and self.head_dim * self.num_heads != self.hidden_size:
+            raise ValueError(f"hidden_size {self.hidden_size} is not {self.num_heads} heads x head_dim {self.head_dim}")
+        return self
+
+    def to_config(self) -> ModelConfig:
+        data = self.model_dump()
+        if self.rope_scaling is not None:
+            data["rope_scaling"] = RopeScaling(**self.rope_scaling.model_dump())
+        return ModelConfig(**data)
+
+
+def model_from_record(data: Any, origin: str) -> ModelConfig:
+    """A model record (a plan's "model") checked against ModelRecord; one-line error naming the field."""
+    return validate(ModelRecord, data, origin, "model").to_config()
+
+
+def validate_model(m: ModelConfig, origin: str | None = None) -> None:
+    """`m` obeys the record schema (sizes, types, cross-field rules); a KvplanError if not."""
+    validate(ModelRecord, m.to_dict(), origin or f"model {m.name}", "model")
+
+
+# --- the catalog ---------------------------------------------------------------------------------
 def _opt(name: str, hidden: int, layers: int, heads: int, ffn: int, source: str) -> ModelConfig:
     return ModelConfig(
         name=name, family="opt", hidden_size=hidden, num_layers=layers, num_heads=heads,
@@ -70,22 +209,23 @@ def _opt(name: str, hidden: int, layers: int, heads: int, ffn: int, source: str)
 
 def _rotary(
     name: str, family: str, hidden: int, layers: int, heads: int, kv_heads: int, inter: int,
-    vocab: int, dtype: str, max_pos: int, theta: float, source: str, *, qkv_bias: bool = False,
-    tied: bool = False,
+    vocab: int, dtype: str, max_pos: int, theta: float, eps: float, source: str, *, qkv_bias: bool = False,
+    tied: bool = False, window: int | None = None,
 ) -> ModelConfig:
     return ModelConfig(
         name=name, family=family, hidden_size=hidden, num_layers=layers, num_heads=heads,
         num_kv_heads=kv_heads, head_dim=hidden // heads, intermediate_size=inter, gated_mlp=True,
         vocab_size=vocab, position_encoding="rotary", dtype=dtype, max_position_embeddings=max_pos,
         qkv_bias=qkv_bias, o_bias=False, mlp_bias=False, norm="rmsnorm", tie_word_embeddings=tied,
-        rope_theta=theta, source=source,
+        rope_theta=theta, source=source, norm_eps=eps, sliding_window=window,
     )
 
 
 _HF = "https://huggingface.co/{}/blob/main/config.json"
 
-# Every value below is read off the model's published config.json (URL in `source`);
-# OPT-175B has no public config.json, so its shape comes from the OPT paper, Table 1.
+# Every value below is read off the model's published config.json (URL in `source`), rms_norm_eps
+# and sliding_window included; OPT-175B has no public config.json, so its shape comes from the OPT
+# paper, Table 1 (its LayerNorm epsilon is OPT's 1e-5 like every other OPT).
 CATALOG: dict[str, ModelConfig] = {
     m.name: m
     for m in [
@@ -97,27 +237,27 @@ CATALOG: dict[str, ModelConfig] = {
         _opt("opt-66b", 9216, 64, 72, 36864, _HF.format("facebook/opt-66b")),
         _opt("opt-175b", 12288, 96, 96, 49152,
              "Zhang et al., OPT: Open Pre-trained Transformer Language Models (arXiv:2205.01068), Table 1"),
-        _rotary("tinyllama-1.1b", "llama", 2048, 22, 32, 4, 5632, 32000, "bfloat16", 2048, 10000.0,
+        _rotary("tinyllama-1.1b", "llama", 2048, 22, 32, 4, 5632, 32000, "bfloat16", 2048, 10000.0, 1e-5,
                 _HF.format("TinyLlama/TinyLlama-1.1B-Chat-v1.0")),
-        _rotary("llama-2-7b", "llama", 4096, 32, 32, 32, 11008, 32000, "float16", 4096, 10000.0,
+        _rotary("llama-2-7b", "llama", 4096, 32, 32, 32, 11008, 32000, "float16", 4096, 10000.0, 1e-5,
                 _HF.format("meta-llama/Llama-2-7b-hf")),
-        _rotary("llama-2-13b", "llama", 5120, 40, 40, 40, 13824, 32000, "float16", 4096, 10000.0,
+        _rotary("llama-2-13b", "llama", 5120, 40, 40, 40, 13824, 32000, "float16", 4096, 10000.0, 1e-5,
                 _HF.format("meta-llama/Llama-2-13b-hf")),
-        _rotary("llama-2-70b", "llama", 8192, 80, 64, 8, 28672, 32000, "float16", 4096, 10000.0,
+        _rotary("llama-2-70b", "llama", 8192, 80, 64, 8, 28672, 32000, "float16", 4096, 10000.0, 1e-5,
                 _HF.format("meta-llama/Llama-2-70b-hf")),
-        _rotary("llama-3-8b", "llama", 4096, 32, 32, 8, 14336, 128256, "bfloat16", 8192, 500000.0,
+        _rotary("llama-3-8b", "llama", 4096, 32, 32, 8, 14336, 128256, "bfloat16", 8192, 500000.0, 1e-5,
                 _HF.format("meta-llama/Meta-Llama-3-8B")),
-        _rotary("llama-3-70b", "llama", 8192, 80, 64, 8, 28672, 128256, "bfloat16", 8192, 500000.0,
+        _rotary("llama-3-70b", "llama", 8192, 80, 64, 8, 28672, 128256, "bfloat16", 8192, 500000.0, 1e-5,
                 _HF.format("meta-llama/Meta-Llama-3-70B")),
-        _rotary("mistral-7b", "mistral", 4096, 32, 32, 8, 14336, 32000, "bfloat16", 32768, 10000.0,
-                _HF.format("mistralai/Mistral-7B-v0.1")),
-        _rotary("qwen2.5-7b", "qwen2", 3584, 28, 28, 4, 18944, 152064, "bfloat16", 131072, 1000000.0,
+        _rotary("mistral-7b", "mistral", 4096, 32, 32, 8, 14336, 32000, "bfloat16", 32768, 10000.0, 1e-5,
+                _HF.format("mistralai/Mistral-7B-v0.1"), window=4096),
+        _rotary("qwen2.5-7b", "qwen2", 3584, 28, 28, 4, 18944, 152064, "bfloat16", 131072, 1000000.0, 1e-6,
                 _HF.format("Qwen/Qwen2.5-7B"), qkv_bias=True),
-        _rotary("qwen2.5-14b", "qwen2", 5120, 48, 40, 8, 13824, 152064, "bfloat16", 131072, 1000000.0,
+        _rotary("qwen2.5-14b", "qwen2", 5120, 48, 40, 8, 13824, 152064, "bfloat16", 131072, 1000000.0, 1e-5,
                 _HF.format("Qwen/Qwen2.5-14B"), qkv_bias=True),
-        _rotary("qwen2.5-32b", "qwen2", 5120, 64, 40, 8, 27648, 152064, "bfloat16", 131072, 1000000.0,
+        _rotary("qwen2.5-32b", "qwen2", 5120, 64, 40, 8, 27648, 152064, "bfloat16", 131072, 1000000.0, 1e-5,
                 _HF.format("Qwen/Qwen2.5-32B"), qkv_bias=True),
-        _rotary("qwen2.5-72b", "qwen2", 8192, 80, 64, 8, 29568, 152064, "bfloat16", 131072, 1000000.0,
+        _rotary("qwen2.5-72b", "qwen2", 8192, 80, 64, 8, 29568, 152064, "bfloat16", 131072, 1000000.0, 1e-6,
                 _HF.format("Qwen/Qwen2.5-72B"), qkv_bias=True),
     ]
 }
@@ -134,102 +274,22 @@ def known_names() -> list[str]:
 
 
 def load_model(name_or_path: str) -> ModelConfig:
-    """A built-in model by name or alias, or a Hugging Face config.json by path."""
-    key = name_or_path.strip().lower()
+    """A built-in model by name or alias, or a Hugging Face config.json (or its folder) by path."""
+    key = str(name_or_path).strip().lower()
     if key in CATALOG:
         return CATALOG[key]
     if key in ALIASES:
         return CATALOG[ALIASES[key]]
     path = Path(name_or_path)
     if path.suffix == ".json" or path.exists():
-        if path.is_dir():
-            path = path / "config.json"
-        return from_hf_config(read_json(path, "model config"), name=path.parent.name or path.stem)
+        from planner.hf_config import read_hf_config
+
+        return read_hf_config(path)
     close = difflib.get_close_matches(key, known_names(), n=3, cutoff=0.5)
     hint = f"; did you mean {', '.join(close)}?" if close else "; run 'kvplan models' for the list"
-    raise KvplanError(f"unknown model '{name_or_path}'{hint}")
+    raise KvplanError(f"unknown model '{escape_name(name_or_path)}'{hint}")
 
 
-SUPPORTED_HF_TYPES = ("llama", "mistral", "qwen2", "opt")
-
-
-def _field(cfg: dict[str, Any], key: str, default: Any = None, *, kind: type = int) -> Any:
-    value = cfg.get(key, default)
-    if value is None:
-        raise KvplanError(f"model config is missing the field '{key}'")
-    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
-        raise KvplanError(f"model config field '{key}' must be an integer, got {value!r}")
-    if kind is float and not isinstance(value, (int, float)):
-        raise KvplanError(f"model config field '{key}' must be a number, got {value!r}")
-    return value
-
-
-def _dtype(cfg: dict[str, Any], default: str) -> str:
-    dtype = cfg.get("torch_dtype") or cfg.get("dtype") or default
-    if dtype not in DTYPE_BYTES:
-        raise KvplanError(f"model config has unsupported torch_dtype '{dtype}' (supported: float16, bfloat16, float32)")
-    return dtype
-
-
-def from_hf_config(cfg: Any, name: str = "custom") -> ModelConfig:
-    """Map a Hugging Face config.json of the llama, mistral, qwen2 or opt families onto ModelConfig."""
-    if not isinstance(cfg, dict):
-        raise KvplanError("model config must be a JSON object")
-    model_type = cfg.get("model_type")
-    if model_type not in SUPPORTED_HF_TYPES:
-        raise KvplanError(
-            f"model_type '{model_type}' is not supported (supported: {', '.join(SUPPORTED_HF_TYPES)})"
-        )
-    if cfg.get("num_local_experts") or cfg.get("num_experts"):
-        raise KvplanError("mixture-of-experts models are not supported")
-    source = f"config.json ({name})"
-    if model_type == "opt":
-        hidden = _field(cfg, "hidden_size")
-        if cfg.get("word_embed_proj_dim", hidden) != hidden:
-            raise KvplanError("OPT configs with word_embed_proj_dim != hidden_size are not supported")
-        if cfg.get("do_layer_norm_before", True) is False:
-            raise KvplanError("OPT configs with post-layer-norm (do_layer_norm_before=false) are not supported")
-        heads = _field(cfg, "num_attention_heads")
-        bias = bool(cfg.get("enable_bias", True))
-        model = ModelConfig(
-            name=name, family="opt", hidden_size=hidden, num_layers=_field(cfg, "num_hidden_layers"),
-            num_heads=heads, num_kv_heads=heads, head_dim=hidden // heads if heads > 0 else 0,
-            intermediate_size=_field(cfg, "ffn_dim"), gated_mlp=False, vocab_size=_field(cfg, "vocab_size"),
-            position_encoding="learned", dtype=_dtype(cfg, "float16"),
-            max_position_embeddings=_field(cfg, "max_position_embeddings", 2048),
-            qkv_bias=bias, o_bias=bias, mlp_bias=bias, norm="layernorm",
-            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", True)), rope_theta=0.0, source=source,
-        )
-    else:
-        hidden = _field(cfg, "hidden_size")
-        heads = _field(cfg, "num_attention_heads")
-        head_dim = cfg.get("head_dim") or (hidden // heads if heads > 0 else 0)
-        model = ModelConfig(
-            name=name, family=model_type, hidden_size=hidden, num_layers=_field(cfg, "num_hidden_layers"),
-            num_heads=heads, num_kv_heads=_field(cfg, "num_key_value_heads", heads), head_dim=head_dim,
-            intermediate_size=_field(cfg, "intermediate_size"), gated_mlp=True,
-            vocab_size=_field(cfg, "vocab_size"), position_encoding="rotary",
-            dtype=_dtype(cfg, "bfloat16"), max_position_embeddings=_field(cfg, "max_position_embeddings", 4096),
-            qkv_bias=model_type == "qwen2" or bool(cfg.get("attention_bias", False)),
-            o_bias=bool(cfg.get("attention_bias", False)), mlp_bias=bool(cfg.get("mlp_bias", False)),
-            norm="rmsnorm", tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-            rope_theta=float(_field(cfg, "rope_theta", 10000.0, kind=float)), source=source,
-        )
-    validate_model(model)
-    return model
-
-
-def validate_model(m: ModelConfig) -> None:
-    for field in ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim", "intermediate_size",
-                  "vocab_size", "max_position_embeddings"):
-        value = getattr(m, field)
-        if value <= 0:
-            raise KvplanError(f"model {m.name}: {field} must be positive, got {value}")
-        if value > 10_000_000:
-            raise KvplanError(f"model {m.name}: {field}={value} is absurdly large")
-    if m.num_heads % m.num_kv_heads:
-        raise KvplanError(f"model {m.name}: num_heads {m.num_heads} is not a multiple of KV heads {m.num_kv_heads}")
-    if m.family == "opt" and m.hidden_size % m.num_heads:
-        raise KvplanError(f"model {m.name}: hidden_size {m.hidden_size} is not divisible by {m.num_heads} heads")
-    if m.position_encoding == "rotary" and m.head_dim % 2:
-        raise KvplanError(f"model {m.name}: rotary embeddings need an even head_dim, got {m.head_dim}")
+def record_fields() -> set[str]:
+    """Field names of ModelConfig (the schema must name the same ones; tests/test_models.py checks)."""
+    return {f.name for f in fields(ModelConfig)}

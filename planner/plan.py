@@ -23,7 +23,7 @@ from typing import Any
 
 from planner.errors import KvplanError
 from planner.jsonio import read_json, write_json_atomic
-from planner.models import DTYPE_BYTES, ModelConfig, validate_model
+from planner.models import DTYPE_BYTES, ModelConfig, model_from_record
 
 PLAN_SCHEMA_VERSION = 1
 TIERS = ("device", "host", "disk")
@@ -122,14 +122,7 @@ def plan_from_dict(data: Any, origin: str = "<plan>") -> Plan:
     for key in ("model", "inputs", "decisions"):
         if key not in data:
             raise KvplanError(f"plan {origin} is missing '{key}'")
-    model_obj = data["model"]
-    if not isinstance(model_obj, dict):
-        raise KvplanError(f"plan {origin}: 'model' must be an object")
-    try:
-        model = ModelConfig(**model_obj)
-    except TypeError as exc:
-        raise KvplanError(f"plan {origin}: 'model' does not describe a model ({exc})") from exc
-    validate_model(model)
+    model = model_from_record(data["model"], f"plan {origin}")
     inputs = data["inputs"]
     if not isinstance(inputs, dict):
         raise KvplanError(f"plan {origin}: 'inputs' must be an object")

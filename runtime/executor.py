@@ -138,6 +138,7 @@ class Executor:
     """Holds the model's weights and caches on their tiers and runs prefill and decode steps."""
 
     def __init__(self, s: Setup):
+        M.check_runnable(s.model, s.seq)  # before anything is allocated
         if s.layers < 1 or s.layers > s.model.num_layers:
             raise KvplanError(f"--layers must be in [1, {s.model.num_layers}], got {s.layers}")
         if s.device == "cuda" and not torch.cuda.is_available():

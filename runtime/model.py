@@ -1,36 +1,56 @@
-"""One readable decoder for the two families kvplan plans for, built from a planner ModelConfig.
+"""One readable decoder for the families kvplan plans for, built from a planner ModelConfig.
 
-- OPT family: learned positions (index = position + 2, OPT's offset), LayerNorm with bias before
-  attention and before the MLP, ReLU fc1/fc2, biases everywhere, LM head tied to the embedding.
-- Llama family (llama, mistral, qwen2): RMSNorm, rotary embeddings (rope_theta, the "rotate half"
-  layout Hugging Face checkpoints use), grouped-query attention, SwiGLU MLP, QKV bias for qwen2.
+- OPT: learned positions (index = position + 2, OPT's offset), LayerNorm with bias before attention
+  and before the MLP, ReLU fc1/fc2, biases everywhere, LM head tied to the embedding.
+- Rotary families (llama, mistral, qwen2, qwen3, phi3): RMSNorm, rotary embeddings (rope_theta and
+  the "linear" or "llama3" frequency scaling, the "rotate half" layout Hugging Face checkpoints
+  use), grouped-query attention, gated MLP; QKV bias for qwen2, per-head q/k RMSNorm for qwen3.
+Every number that changes the math comes from the ModelConfig (norm epsilon, activation, RoPE
+theta and scaling, head_dim, tied embeddings); what this decoder does not implement is refused by
+`check_runnable` (and by the model schema, planner/models.py) before anything is allocated.
 
 The layer is split into the pieces the runtime schedules separately (input norm -> X, QKV, K,V
 recomputed from X, attention, the rest), so the executor can put each piece where the plan says.
 
 "X" (the X-cache of KVPR) is the input of the QKV projection *after* the input norm: K = X W_k^T
-(+ b_k, then RoPE at the token's position), V = X W_v^T (+ b_v). It has h values per token per
-layer, which is exactly what the planner counts (planner/layer_costs.py: x_bytes_per_token = h*p).
+(+ b_k, then the k norm and RoPE at the token's position), V = X W_v^T (+ b_v). It has h values per
+token per layer, which is exactly what the planner counts (planner/layer_costs.py: x_bytes_per_token).
 
 Weights are random (seeded, deterministic) by default or read from a local Hugging Face
-safetensors checkpoint (`load_safetensors_dir`); linear weights are kept as [out, in] like HF.
+safetensors checkpoint (`Checkpoint`, one tensor at a time); linear weights are kept as [out, in]
+like HF. tests/test_hf_oracle.py checks the logits against transformers' own implementation.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError, safe_open
 
 from planner.errors import KvplanError
-from planner.models import ModelConfig
+from planner.jsonio import read_json
+from planner.models import ModelConfig, RopeScaling
+from planner.units import escape_name
 
 TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def check_runnable(m: ModelConfig, seq: int) -> None:
+    """Refuse (one line) a model this decoder would run wrongly at `seq` positions: called before
+    any allocation. Families, encodings and activations it lacks are already refused by the model
+    schema; what depends on the context length is checked here."""
+    if m.sliding_window is not None and seq > m.sliding_window:
+        raise KvplanError(f"model {escape_name(m.name)}: sliding-window attention (window {m.sliding_window}) is not "
+                          f"implemented and the plan's seq {seq} exceeds the window")
+    if m.position_encoding == "learned" and seq > m.max_position_embeddings:
+        raise KvplanError(f"model {escape_name(m.name)}: seq {seq} exceeds its {m.max_position_embeddings} "
+                          "learned positions")
+    if m.activation not in _ACTIVATIONS:
+        raise KvplanError(f"model {escape_name(m.name)}: activation {m.activation!r} is not implemented")
 
 
 def layer_weight_shapes(m: ModelConfig) -> dict[str, tuple[int, ...]]:
@@ -42,6 +62,8 @@ def layer_weight_shapes(m: ModelConfig) -> dict[str, tuple[int, ...]]:
     # W_q, W_k and W_v are kept as one [q + 2*kv, h] matrix ("wqkv"): one GEMM projects the new token
     # (the planner's qkv_proj), and its last 2*kv rows alone make K,V in the stored layout (recompute)
     shapes.update({"wqkv": (q + 2 * kv, h), "wo": (h, q)})
+    if m.qk_norm:  # one RMSNorm gain per head dimension, shared by all heads (Qwen3)
+        shapes.update({"norm_q.w": (m.head_dim,), "norm_k.w": (m.head_dim,)})
     if m.qkv_bias:
         shapes["bqkv"] = (q + 2 * kv,)
     if m.o_bias:
@@ -97,33 +119,9 @@ def random_outer_weights(m: ModelConfig, seed: int, dtype: torch.dtype) -> dict[
 
 
 # --- Hugging Face safetensors checkpoints -------------------------------------------------------
-_ST_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
-
-
-def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    """Read one .safetensors file (8-byte little-endian header length, JSON header, raw data)."""
-    data = path.read_bytes()
-    if len(data) < 8:
-        raise KvplanError(f"{path} is not a safetensors file (too short)")
-    (n,) = struct.unpack("<Q", data[:8])
-    try:
-        header = json.loads(data[8:8 + n])
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise KvplanError(f"{path} is not a safetensors file (bad header)") from exc
-    base = 8 + n
-    out = {}
-    for name, meta in header.items():
-        if name == "__metadata__":
-            continue
-        if meta["dtype"] not in _ST_DTYPES:
-            raise KvplanError(f"{path}: tensor {name} has unsupported dtype {meta['dtype']}")
-        b, e = meta["data_offsets"]
-        t = torch.frombuffer(bytearray(data[base + b:base + e]), dtype=_ST_DTYPES[meta["dtype"]])
-        out[name] = t.reshape(meta["shape"])
-    return out
-
-
 def _hf_layer_names(m: ModelConfig, i: int) -> dict[str, str]:
+    """Our tensor names -> the checkpoint's (without the "model." prefix). Phi-3 stores q, k, v as one
+    qkv_proj and gate, up as one gate_up_proj: those map whole onto wqkv and gate+up."""
     if m.family == "opt":
         p = f"decoder.layers.{i}."
         names = {"ln1.w": "self_attn_layer_norm.weight", "ln1.b": "self_attn_layer_norm.bias",
@@ -140,8 +138,11 @@ def _hf_layer_names(m: ModelConfig, i: int) -> dict[str, str]:
                  "wk": "self_attn.k_proj.weight", "bk": "self_attn.k_proj.bias",
                  "wv": "self_attn.v_proj.weight", "bv": "self_attn.v_proj.bias",
                  "wo": "self_attn.o_proj.weight", "bo": "self_attn.o_proj.bias",
+                 "norm_q.w": "self_attn.q_norm.weight", "norm_k.w": "self_attn.k_norm.weight",
                  "gate": "mlp.gate_proj.weight", "up": "mlp.up_proj.weight", "down": "mlp.down_proj.weight",
                  "b_gate": "mlp.gate_proj.bias", "b_up": "mlp.up_proj.bias", "b_down": "mlp.down_proj.bias"}
+        if m.family == "phi3":
+            names.update({"wqkv": "self_attn.qkv_proj.weight", "gate_up": "mlp.gate_up_proj.weight"})
     return {k: p + v for k, v in names.items()}
 
 
@@ -154,37 +155,71 @@ def _hf_outer_names(m: ModelConfig) -> dict[str, str]:
 
 
 class Checkpoint:
-    """A local Hugging Face checkpoint folder (*.safetensors), mapped onto the names used here."""
+    """A local Hugging Face checkpoint folder (*.safetensors, sharded or not), mapped onto the names
+    used here. Only the tensor index is read up front; each tensor is read when asked for, through
+    safetensors.safe_open (the file is memory-mapped, one tensor is copied out at a time), so a
+    checkpoint larger than RAM can feed a run one layer at a time. A sharded checkpoint's
+    model.safetensors.index.json names the file of each tensor; without one, every *.safetensors
+    file's header is read."""
 
     def __init__(self, folder: str | Path, model: ModelConfig):
         folder = Path(folder)
-        files = sorted(folder.glob("*.safetensors"))
-        if not files:
-            raise KvplanError(f"no *.safetensors files in {folder}")
         self.model = model
-        self.tensors: dict[str, torch.Tensor] = {}
-        for f in files:
-            for name, t in read_safetensors(f).items():
-                key = name[len("model."):] if name.startswith("model.") else name
-                self.tensors[key] = t
+        self.where: dict[str, tuple[Path, str]] = {}  # our key (no "model." prefix) -> (file, stored name)
+        index = folder / "model.safetensors.index.json"
+        if index.exists():
+            data = read_json(index, "checkpoint index")
+            weight_map = data.get("weight_map") if isinstance(data, dict) else None
+            if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+                raise KvplanError(f"{index}: no 'weight_map' of tensor name -> file")
+            pairs = [(name, folder / file) for name, file in weight_map.items()]
+        else:
+            files = sorted(folder.glob("*.safetensors"))
+            if not files:
+                raise KvplanError(f"no *.safetensors files in {folder}")
+            pairs = [(name, f) for f in files for name in self._keys(f)]
+        for name, file in pairs:
+            key = name[len("model."):] if name.startswith("model.") else name
+            self.where[key] = (file, name)
 
-    def _tensor(self, hf: str) -> torch.Tensor:
-        if hf not in self.tensors:
-            raise KvplanError(f"checkpoint has no tensor '{hf}' needed for {self.model.name}")
-        return self.tensors[hf]
+    @staticmethod
+    def _keys(file: Path) -> list[str]:
+        try:
+            with safe_open(file, framework="pt") as f:
+                return list(f.keys())
+        except (OSError, SafetensorError) as exc:
+            raise KvplanError(f"{file} is not a readable safetensors file ({str(exc).splitlines()[0]})") from None
+
+    def has(self, hf: str) -> bool:
+        return hf in self.where
+
+    def _tensor(self, hf: str, shape: tuple[int, ...]) -> torch.Tensor:
+        """One tensor, its shape checked from the header before any data is read."""
+        if hf not in self.where:
+            raise KvplanError(f"checkpoint has no tensor '{hf}' needed for {escape_name(self.model.name)}")
+        file, stored = self.where[hf]
+        try:
+            with safe_open(file, framework="pt") as f:
+                got = tuple(f.get_slice(stored).get_shape())
+                if got != shape:
+                    raise KvplanError(f"checkpoint tensor '{stored}' has shape {got}, the model needs {shape}")
+                return f.get_tensor(stored)
+        except (OSError, SafetensorError) as exc:
+            raise KvplanError(f"cannot read tensor '{stored}' from {file} ({str(exc).splitlines()[0]})") from None
 
     def _take(self, mapping: dict[str, str], shapes: dict[str, tuple[int, ...]], dtype: torch.dtype):
         out = {}
         for name, shape in shapes.items():
-            if name in ("wqkv", "bqkv"):  # q_proj, k_proj and v_proj stacked
+            if name in ("gate", "up") and "gate_up" in mapping:  # Phi-3: [gate; up] in one tensor
+                i = shape[0]
+                both = self._tensor(mapping["gate_up"], (2 * i, shape[1]))
+                t = both[:i] if name == "gate" else both[i:]
+            elif name in ("wqkv", "bqkv") and name not in mapping:  # q_proj, k_proj and v_proj stacked
+                q, kv = self.model.q_dim, self.model.kv_dim
                 parts = [mapping[name[0] + x] for x in "qkv"]
-                t = torch.cat([self._tensor(hf) for hf in parts])
-                hf = " + ".join(parts)
+                t = torch.cat([self._tensor(hf, (n,) + shape[1:]) for hf, n in zip(parts, (q, kv, kv), strict=True)])
             else:
-                hf = mapping[name]
-                t = self._tensor(hf)
-            if tuple(t.shape) != shape:
-                raise KvplanError(f"checkpoint tensor '{hf}' has shape {tuple(t.shape)}, the model needs {shape}")
+                t = self._tensor(mapping[name], shape)
             out[name] = t.to(dtype)
         return out
 
@@ -193,7 +228,7 @@ class Checkpoint:
 
     def outer(self, dtype: torch.dtype) -> dict[str, torch.Tensor]:
         shapes = outer_weight_shapes(self.model)
-        if "lm_head" in shapes and "lm_head.weight" not in self.tensors:
+        if "lm_head" in shapes and not self.has("lm_head.weight"):
             raise KvplanError("checkpoint has no lm_head.weight but the model does not tie embeddings")
         return self._take(_hf_outer_names(self.model), shapes, dtype)
 
@@ -212,20 +247,32 @@ class Arch:
     rope_theta: float
     gated: bool
     eps: float
+    activation: str = "relu"
+    rope_scaling: RopeScaling | None = None
+    qk_norm: bool = False
 
     @classmethod
     def of(cls, m: ModelConfig) -> Arch:
         return cls(m.hidden_size, m.num_heads, m.num_kv_heads, m.head_dim, m.norm == "layernorm",
-                   m.position_encoding == "rotary", m.rope_theta, m.gated_mlp,
-                   1e-5 if m.norm == "layernorm" else 1e-6)
+                   m.position_encoding == "rotary", m.rope_theta, m.gated_mlp, m.norm_eps, m.activation,
+                   m.rope_scaling, m.qk_norm)
+
+
+_ACTIVATIONS = {"relu": F.relu, "silu": F.silu, "gelu": F.gelu,
+                "gelu_tanh": lambda x: F.gelu(x, approximate="tanh")}
+
+
+def _rms(a: Arch, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """RMSNorm over the last dimension, computed in float32 (as Hugging Face's LlamaRMSNorm)."""
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + a.eps)
+    return w * xf.to(x.dtype)
 
 
 def _norm(a: Arch, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
     if a.layernorm:
         return F.layer_norm(x, (x.shape[-1],), w, b, a.eps)
-    xf = x.float()
-    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + a.eps)
-    return w * xf.to(x.dtype)
+    return _rms(a, x, w)
 
 
 def input_norm(a: Arch, w: dict[str, torch.Tensor], h: torch.Tensor) -> torch.Tensor:
@@ -233,16 +280,42 @@ def input_norm(a: Arch, w: dict[str, torch.Tensor], h: torch.Tensor) -> torch.Te
     return _norm(a, h, w["ln1.w"], w.get("ln1.b"))
 
 
+def rope_inv_freq(a: Arch, device: torch.device) -> torch.Tensor:
+    """RoPE's frequencies theta^(-2k/d), k < d/2 (Su et al., RoFormer, arXiv:2104.09864), with the
+    model's scaling: "linear" divides all by `factor`; "llama3" (Llama 3.1's `apply_scaling`, the
+    reference code in meta-llama/llama-models) divides those whose wavelength 2*pi/f exceeds
+    original_max_position_embeddings / low_freq_factor, keeps those below
+    original_max_position_embeddings / high_freq_factor, and blends linearly in between."""
+    d = a.head_dim
+    inv = 1.0 / (a.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float64, device=device) / d))
+    sc = a.rope_scaling
+    if sc is None:
+        return inv
+    if sc.rope_type == "linear":
+        return inv / sc.factor
+    old = sc.original_max_position_embeddings
+    wavelen = 2 * math.pi / inv
+    smooth = (old / wavelen - sc.low_freq_factor) / (sc.high_freq_factor - sc.low_freq_factor)
+    blended = (1 - smooth) * inv / sc.factor + smooth * inv
+    out = torch.where(wavelen < old / sc.high_freq_factor, inv, blended)
+    return torch.where(wavelen > old / sc.low_freq_factor, inv / sc.factor, out)
+
+
 def rope(a: Arch, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     """Rotary embedding, "rotate half" layout; x is [batch, heads, tokens, head_dim]."""
-    d = a.head_dim
-    inv_freq = 1.0 / (a.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float64, device=x.device) / d))
-    angles = positions.to(torch.float64)[:, None] * inv_freq[None, :]
+    angles = positions.to(torch.float64)[:, None] * rope_inv_freq(a, x.device)[None, :]
     emb = torch.cat([angles, angles], dim=-1)
     cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
-    half = d // 2
+    half = a.head_dim // 2
     rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
     return x * cos + rotated * sin
+
+
+def _position_q_or_k(a: Arch, t: torch.Tensor, norm_w: torch.Tensor | None, positions: torch.Tensor) -> torch.Tensor:
+    """Per-head q/k norm (when the model has one), then RoPE (when rotary); t is [b, heads, tokens, d]."""
+    if a.qk_norm:
+        t = _rms(a, t, norm_w)
+    return rope(a, t, positions) if a.rotary else t
 
 
 def _heads(t: torch.Tensor, n: int, d: int) -> torch.Tensor:
@@ -258,19 +331,20 @@ def _kv_weight(a: Arch, w: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch
     return w["wqkv"][q:], (w["bqkv"][q:] if "bqkv" in w else None)
 
 
-def _rope_k(a: Arch, kv: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """RoPE on the K half of [batch, tokens, 2*kv_dim], in place."""
-    if a.rotary:
+def _rope_k(a: Arch, w: dict[str, torch.Tensor], kv: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """k norm and RoPE on the K half of [batch, tokens, 2*kv_dim], in place."""
+    if a.rotary or a.qk_norm:
         kvd = a.kv_heads * a.head_dim
-        k = kv[..., :kvd]
-        kv[..., :kvd] = rope(a, _heads(k, a.kv_heads, a.head_dim), positions).transpose(1, 2).reshape(k.shape)
+        k = _heads(kv[..., :kvd], a.kv_heads, a.head_dim)
+        kv[..., :kvd] = _position_q_or_k(a, k, w.get("norm_k.w"), positions).transpose(1, 2).reshape(
+            kv.shape[:-1] + (kvd,))
     return kv
 
 
 def kv_from_x(a: Arch, w: dict[str, torch.Tensor], x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     """K,V of tokens from their X, as one [batch, tokens, 2*kv_dim] tensor (K after RoPE, then V):
     the layout in which the runtime stores and streams the KV cache."""
-    return _rope_k(a, F.linear(x, *_kv_weight(a, w)), positions)
+    return _rope_k(a, w, F.linear(x, *_kv_weight(a, w)), positions)
 
 
 def query_and_kv(a: Arch, w: dict[str, torch.Tensor], x: torch.Tensor,
@@ -280,8 +354,8 @@ def query_and_kv(a: Arch, w: dict[str, torch.Tensor], x: torch.Tensor,
     q_dim = a.heads * a.head_dim
     qkv = F.linear(x, w["wqkv"], w.get("bqkv"))
     q = _heads(qkv[..., :q_dim], a.heads, a.head_dim)
-    kv = _rope_k(a, qkv[..., q_dim:].contiguous(), positions)
-    return (rope(a, q, positions) if a.rotary else q), kv
+    kv = _rope_k(a, w, qkv[..., q_dim:].contiguous(), positions)
+    return _position_q_or_k(a, q, w.get("norm_q.w"), positions), kv
 
 
 def kv_from_x_into(a: Arch, w: dict[str, torch.Tensor], x_tm: torch.Tensor, positions: torch.Tensor,
@@ -296,18 +370,19 @@ def kv_from_x_into(a: Arch, w: dict[str, torch.Tensor], x_tm: torch.Tensor, posi
     torch.mm(x_tm.reshape(-1, x_tm.shape[-1]), wkv.t(), out=out.view(-1, n))
     if bkv is not None:
         out.add_(bkv)
-    if a.rotary:
+    if a.rotary or a.qk_norm:
         kvd = a.kv_heads * a.head_dim
         n, b = out.shape[0], out.shape[1]
         k = out[..., :kvd].view(n, b, a.kv_heads, a.head_dim).permute(1, 2, 0, 3)  # [b, heads, tokens, d]
-        out[..., :kvd] = rope(a, k, positions).permute(2, 0, 1, 3).reshape(n, b, kvd)
+        k = _position_q_or_k(a, k, w.get("norm_k.w"), positions)
+        out[..., :kvd] = k.permute(2, 0, 1, 3).reshape(n, b, kvd)
 
 
 def query(a: Arch, w: dict[str, torch.Tensor], x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     """Q heads [batch, heads, tokens, head_dim], RoPE applied."""
     q_dim = a.heads * a.head_dim
     q = _heads(F.linear(x, w["wqkv"][:q_dim], w["bqkv"][:q_dim] if "bqkv" in w else None), a.heads, a.head_dim)
-    return rope(a, q, positions) if a.rotary else q
+    return _position_q_or_k(a, q, w.get("norm_q.w"), positions)
 
 
 def _kv_heads(a: Arch, kv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -357,11 +432,12 @@ def finish_layer(a: Arch, w: dict[str, torch.Tensor], h: torch.Tensor, attn: tor
     """Output projection and residual, then the MLP block and residual."""
     h = h + F.linear(attn, w["wo"], w.get("bo"))
     y = _norm(a, h, w["ln2.w"], w.get("ln2.b"))
+    act = _ACTIVATIONS[a.activation]
     if a.gated:
-        y = F.silu(F.linear(y, w["gate"], w.get("b_gate"))) * F.linear(y, w["up"], w.get("b_up"))
+        y = act(F.linear(y, w["gate"], w.get("b_gate"))) * F.linear(y, w["up"], w.get("b_up"))
         y = F.linear(y, w["down"], w.get("b_down"))
     else:
-        y = F.linear(F.relu(F.linear(y, w["fc1"], w.get("b1"))), w["fc2"], w.get("b2"))
+        y = F.linear(act(F.linear(y, w["fc1"], w.get("b1"))), w["fc2"], w.get("b2"))
     return h + y
 
 

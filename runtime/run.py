@@ -21,6 +21,7 @@ from planner.plan import Plan
 from runtime import predict as P
 from runtime.executor import Executor, Setup, check_fits
 from runtime.measure import RESOURCES, Recorder, summarize
+from runtime.model import check_runnable
 
 PREFILL_FLOPS_LIMIT = 2e12  # --fill auto: above this a real prefill would take longer than the run on a CPU
 
@@ -41,8 +42,7 @@ class RunOptions:
 def check_plan_against_model(plan: Plan) -> None:
     """Values that contradict the model or each other: one-line errors (plan_from_dict did the schema)."""
     m, d, inputs = plan.model, plan.decisions, plan.data["inputs"]
-    if m.position_encoding == "learned" and plan.seq > m.max_position_embeddings:
-        raise KvplanError(f"plan seq {plan.seq} exceeds {m.name}'s {m.max_position_embeddings} learned positions")
+    check_runnable(m, plan.seq)  # what the runtime's decoder cannot run, before anything is allocated
     if isinstance(inputs.get("dtype"), str) and inputs["dtype"] != d.dtype:
         raise KvplanError(f"plan inputs.dtype {inputs['dtype']!r} contradicts decisions.dtype {d.dtype!r}")
     if isinstance(inputs.get("batch"), int) and not isinstance(inputs["batch"], bool) and inputs["batch"] != d.batch:

@@ -7,7 +7,8 @@ import click
 from planner import layer_costs as lc
 from planner.cli.output import echo_json, human_bytes, human_count, print_table
 from planner.errors import KvplanError
-from planner.models import ALIASES, CATALOG, load_model
+from planner.models import ALIASES, CATALOG, ModelConfig, load_model
+from planner.units import escape_name
 
 
 @click.command("models")
@@ -63,7 +64,9 @@ def _show(name: str, batch: int, context: int, as_json: bool) -> None:
         echo_json(data)
         return
     kind = "MHA" if m.num_kv_heads == m.num_heads else f"GQA (group {m.gqa_group})"
-    click.echo(f"{m.name}: {m.family}, {m.num_layers} layers, {kind}, {m.dtype}; source: {m.source}")
+    click.echo(f"{escape_name(m.name)}: {m.family}, {m.num_layers} layers, {kind}, {m.dtype}; "
+               f"source: {escape_name(m.source)}")
+    click.echo(_math_line(m))
     rows = [
         ("weights per layer", f"{summary['weight_params']:,} params", human_bytes(summary["weight_bytes"])),
         ("KV per token per layer", f"{summary['kv_bytes_per_token']:,} B", "2 * h_kv * p"),
@@ -79,3 +82,23 @@ def _show(name: str, batch: int, context: int, as_json: bool) -> None:
     click.echo(f"Whole model: {human_count(data['total_params'])} params, "
                f"{human_bytes(data['total_weight_bytes'])} of weights; KV cache at batch {batch}, "
                f"context {context}: {human_bytes(data['kv_cache_bytes'])}")
+
+
+def _math_line(m: ModelConfig) -> str:
+    """The settings that change the layer's math besides its sizes."""
+    parts = [f"{m.norm} eps {m.norm_eps:g}", f"{m.activation} {'gated ' if m.gated_mlp else ''}MLP"]
+    if m.position_encoding == "rotary":
+        rope = f"RoPE theta {m.rope_theta:g}"
+        if m.rope_scaling is not None:
+            rope += f" ({m.rope_scaling.rope_type} scaling x{m.rope_scaling.factor:g})"
+        parts.append(rope)
+    else:
+        parts.append(f"learned positions ({m.max_position_embeddings})")
+    if m.q_dim != m.hidden_size:
+        parts.append(f"head_dim {m.head_dim} (q width {m.q_dim} != hidden {m.hidden_size})")
+    if m.qk_norm:
+        parts.append("q/k norm per head")
+    if m.sliding_window is not None:
+        parts.append(f"sliding window {m.sliding_window} (the runtime refuses longer contexts)")
+    parts.append("tied embeddings" if m.tie_word_embeddings else "separate LM head")
+    return "math: " + ", ".join(parts)
