@@ -11,8 +11,8 @@ from planner.cli.solve_cmd import gain_lines
 from planner.errors import KvplanError
 from planner.hardware import parts_line, provenance_line
 from planner.layer_costs import kv_bytes_per_token, layer_weight_bytes, recompute_saves_bytes, x_bytes_per_token
+from planner.placement import layer_counts
 from planner.plan import load_plan
-from planner.search.evaluate import layer_split
 
 BAR_WIDTH = 40
 RESOURCE_WORDS = {
@@ -62,7 +62,7 @@ def explain_lines(plan_data: dict[str, Any], model, seq: int, prompt: int, gen: 
                f"asked {inputs['strategy']}, chosen {d.strategy}; dtype {d.dtype}")
     out.append("")
     out.append("What goes where")
-    layers = layer_split(d, L)
+    layers = layer_counts(d.weight_placement, L)
     W = layer_weight_bytes(model, d.dtype)
     out.append(f"  batch {d.batch} = {d.num_gpu_batches} GPU batch(es) of {d.gpu_batch}; each layer's weights are "
                f"loaded once per block of {d.num_gpu_batches}")

@@ -6,11 +6,12 @@ from dataclasses import dataclass, field
 
 from planner.errors import KvplanError
 from planner.models import DTYPE_BYTES, ModelConfig
+from planner.placement import PINNED_STRATEGIES, REQUEST_STRATEGIES
 from planner.profile import Profile
 
 OBJECTIVES = ("throughput", "latency")
-REQUEST_STRATEGIES = ("auto", "resident", "transfer", "recompute", "cpu-attention")
-PINNED_STRATEGIES = ("resident", "transfer", "recompute", "cpu-attention")
+__all__ = ["OBJECTIVES", "PINNED_STRATEGIES", "REQUEST_STRATEGIES", "Infeasible", "SolveRequest",
+           "validate_request", "resolve_dtype"]
 MAX_BATCH = 65536
 MAX_SEQ = 10_000_000
 
