@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from planner.costmodel import CostModel
 from planner.memory import rounding_margin_bytes, tier_bytes
-from planner.placement import TIERS
+from planner.placement import TIER_INITIAL, TIERS
 from planner.profile import Profile
 from planner.stepcost import Combo, LinForm, Setting, as_lin, lin, linear_amounts, linear_terms
 
@@ -111,6 +111,17 @@ def pinned_zero(strategy: str, combo: Combo, host_is_device: bool) -> frozenset[
     elif strategy == "cpu-attention":
         zero |= {"xd", "xh", "xk", "kd"}
     return frozenset(zero)
+
+
+def min_split_fraction(strategy: str, seq: int) -> float:
+    """A pinned recompute recomputes at least one token (l >= 1), else it would be a transfer plan."""
+    return 1.0 / seq if strategy == "recompute" else 0.0
+
+
+def empty_range_tier(kind: str, zero: frozenset[str]) -> str:
+    """Where an empty X ("x") or K,V ("k") range is placed: the first tier the strategy allows it on,
+    so that moving l later (planner/search/refine.py) never puts tokens where the strategy forbids."""
+    return next((t for t in TIERS if kind + TIER_INITIAL[t] not in zero), "device")
 
 
 def strategy_allows(strategy: str, combo: Combo) -> bool:

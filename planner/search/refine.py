@@ -20,14 +20,14 @@ def _cost(pred: dict[str, Any], objective: str) -> float:
     return pred["decode_step_s"] if objective == "latency" else 1.0 / pred["throughput_tokens_per_s"]
 
 
-def _pattern_search(start: int, seq: int, cost: Callable[[int], float]) -> int:
-    """The whole-token l in [0, seq] that a deterministic pattern search from `start` finds for `cost`
+def _pattern_search(start: int, seq: int, cost: Callable[[int], float], lo: int = 0) -> int:
+    """The whole-token l in [lo, seq] that a deterministic pattern search from `start` finds for `cost`
     (steps of seq/16 halving down to one token; moves only on a strictly smaller cost)."""
     best_l, step = start, max(1, seq // 16)
     while True:
         moved = False
         for cand in (best_l - step, best_l + step):
-            cand = min(seq, max(0, cand))
+            cand = min(seq, max(lo, cand))
             best = cost(best_l)
             if cand != best_l and cost(cand) < best - abs(best) * 1e-9:
                 best_l, moved = cand, True
@@ -38,7 +38,7 @@ def _pattern_search(start: int, seq: int, cost: Callable[[int], float]) -> int:
 
 
 def polish_split(st: Setting, decisions: Decisions, prediction: dict[str, Any], profile: Profile,
-                 caps: dict[str, int]) -> tuple[Decisions, dict[str, Any], dict[str, Any] | None]:
+                 caps: dict[str, int], min_split: int = 0) -> tuple[Decisions, dict[str, Any], dict[str, Any] | None]:
     """Refine the MILP's split l with the full cost models, everything else fixed; returns the
     decisions, their prediction and, when l was hedged, how (else None).
 
@@ -46,7 +46,10 @@ def polish_split(st: Setting, decisions: Decisions, prediction: dict[str, Any], 
     are not linear in l (launch and latency terms, a fitted GEMM or link model, the positional
     layout). A short pattern search over whole tokens keeps the plan's placements and takes a
     different l only when it fits every tier and predicts strictly better for the objective.
-    Plans without recompute (l = 0) are left alone: whether to recompute at all is the MILP's call.
+    Plans without recompute (l = 0) are left alone: whether to recompute at all is the MILP's call;
+    l stays >= `min_split` (1 for a pinned recompute). Only l moves: the placement fractions, which
+    the pinned strategy constrained, are kept, and the ranges' empty-tier defaults respect it too
+    (search/solve.decisions_from_values), so the refined plan keeps the strategy's contract.
 
     Hedging: when the plan reads from disk and the profile measured how far the disk's rate moved
     between its rounds (Profile.disk_time_spread: transfer times x fast .. x slow), the best l for
@@ -70,18 +73,19 @@ def polish_split(st: Setting, decisions: Decisions, prediction: dict[str, Any], 
             seen[(l_tok, scale)] = (_cost(p, st.objective) if fits else float("inf"), d, p)
         return seen[(l_tok, scale)]
 
-    nominal = _pattern_search(decisions.split_tokens, st.seq, lambda l_tok: trial(l_tok)[0])
+    nominal = _pattern_search(decisions.split_tokens, st.seq, lambda l_tok: trial(l_tok)[0], min_split)
     _, d, p = trial(nominal)
     spread = profile.disk_time_spread
     if spread is None or spread == (1.0, 1.0) or p["link_bytes_per_step"]["disk_read"] <= 0:
         return d, p, None
     scales = (spread[0], 1.0, spread[1])
-    best = {s: trial(_pattern_search(nominal, st.seq, lambda l_tok, s=s: trial(l_tok, s)[0]), s)[0] for s in scales}
+    best = {s: trial(_pattern_search(nominal, st.seq, lambda l_tok, s=s: trial(l_tok, s)[0], min_split), s)[0]
+            for s in scales}
 
     def regret(l_tok: int) -> float:
         return max(trial(l_tok, s)[0] / best[s] for s in scales)
 
-    hedged = _pattern_search(nominal, st.seq, regret)
+    hedged = _pattern_search(nominal, st.seq, regret, min_split)
     _, d, p = trial(hedged)
     hedge = {"disk_time_scales": list(scales), "nominal_split_tokens": nominal,
              "worst_regret_pct": round(100 * (regret(hedged) - 1), 3),

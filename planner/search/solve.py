@@ -36,6 +36,8 @@ from planner.search.formulation import (
     batch_candidates,
     coefficients,
     combos_for,
+    empty_range_tier,
+    min_split_fraction,
     pinned_zero,
 )
 from planner.search.ilp import IlpResult, solve_milp
@@ -63,14 +65,16 @@ def _gb(n: float) -> str:
     return f"{v:.0f} GB" if v >= 10 else f"{v:.1f} GB" if v >= 0.1 else f"{v:.3f} GB"
 
 
-def decisions_from_values(st: Setting, combo: Combo, values: dict[str, float]) -> Decisions:
-    """The MILP's point as whole tokens per piece and whole layers per tier (planner/placement.py)."""
+def decisions_from_values(st: Setting, combo: Combo, values: dict[str, float],
+                          zero: frozenset[str] = frozenset()) -> Decisions:
+    """The MILP's point as whole tokens per piece and whole layers per tier (planner/placement.py);
+    an empty X or K,V range is placed on the first tier the pinned variables `zero` allow."""
     seq = st.seq
     x_tok = {t: values["x" + TIER_INITIAL[t]] * seq for t in TIERS}
     kv_tok = {t: values["k" + TIER_INITIAL[t]] * seq for t in TIERS}
     split = min(seq, max(0, round(sum(x_tok.values()))))
-    x = token_fractions(whole_tokens(x_tok, split))
-    kv = token_fractions(whole_tokens(kv_tok, seq - split))
+    x = token_fractions(whole_tokens(x_tok, split), empty=empty_range_tier("x", zero))
+    kv = token_fractions(whole_tokens(kv_tok, seq - split), empty=empty_range_tier("k", zero))
     L = st.model.num_layers
     nd, nh = round(values["nd"]), round(values["nh"])
     w = weight_fractions({"device": nd, "host": nh, "disk": L - nd - nh})
@@ -169,7 +173,8 @@ def solve_surrogate(req: SolveRequest, st: Setting, profile: Profile, strategy: 
                     cache: dict[Combo, Coeffs] | None = None) -> tuple[IlpResult, Combo, int]:
     """The MILP alone: (result, chosen combo, number of combos); raises Infeasible."""
     coeffs, zeros = build_problem(req, st, profile, strategy, caps, cache)
-    result = solve_milp(coeffs, zeros, st.model.num_layers, {t: float(c) for t, c in caps.items()}, req.grid)
+    result = solve_milp(coeffs, zeros, st.model.num_layers, {t: float(c) for t, c in caps.items()}, req.grid,
+                        min_split_fraction=min_split_fraction(strategy, st.seq))
     if result.index is None:
         if result.status not in ("Infeasible", "Unbounded"):
             raise KvplanError(f"the MILP solver {result.solver} stopped with status {result.status} "
@@ -183,11 +188,12 @@ def solve_strategy(req: SolveRequest, st: Setting, profile: Profile, strategy: s
                    caps: dict[str, int], cache: dict[Combo, Coeffs] | None = None) -> StrategyResult:
     """The MILP with `strategy` pinned ("auto": nothing pinned), re-evaluated with the full models."""
     result, combo, n_combos = solve_surrogate(req, st, profile, strategy, caps, cache)
-    decisions = decisions_from_values(st, combo, result.values)
+    decisions = decisions_from_values(st, combo, result.values, pinned_zero(strategy, combo, profile.host_is_device))
     inputs = {"seq": st.seq, "prompt": st.prompt, "gen": st.gen, "objective": st.objective}
     prediction = evaluate(st.model, inputs, decisions, profile)
     milp_split = decisions.split_tokens
-    decisions, prediction, hedge = polish_split(st, decisions, prediction, profile, caps)
+    min_split = 1 if strategy == "recompute" else 0
+    decisions, prediction, hedge = polish_split(st, decisions, prediction, profile, caps, min_split)
     return StrategyResult(decisions, prediction, result, n_combos, milp_split, hedge)
 
 
