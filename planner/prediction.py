@@ -11,7 +11,13 @@ from typing import Any
 
 from planner.costmodel import CostModel
 from planner.errors import KvplanError
-from planner.layer_costs import decode_flops, recompute_kv_flops
+from planner.layer_costs import (
+    decode_flops,
+    kv_bytes_per_token,
+    layer_weight_bytes,
+    recompute_kv_flops,
+    x_bytes_per_token,
+)
 from planner.memory import tier_bytes
 from planner.models import ModelConfig
 from planner.placement import RESOURCES, TIER_INITIAL, TIERS, layer_counts, token_layout
@@ -145,8 +151,8 @@ def surrogate_times(st: Setting, combo: Combo, cost: CostModel, a: Amounts) -> t
 
 def step_flops_and_bound(st: Setting, combo: Combo, profile: Profile, cost: CostModel,
                          link_bytes: dict[str, float], x_present: int) -> tuple[int, tuple[str, float]]:
-    """FLOPs per decode step and the lower bound (bound_by, seconds): the step's own bytes and FLOPs
-    over each resource's best rate (design.md §3)."""
+    """FLOPs per decode step and the lower bound (bound_by, seconds): the step's own FLOPs over the
+    peak, and its own bytes over each memory's and link's best rate (design.md §3); the largest binds."""
     m, dtype = st.model, st.dtype
     L, nb = m.num_layers, combo.num_gpu_batches
     dev_att = combo.attention_where == "device"
@@ -170,8 +176,17 @@ def step_flops_and_bound(st: Setting, combo: Combo, profile: Profile, cost: Cost
         best_rate = max(size / cost.transfer_s(name, size) for size in sizes)
         return nbytes / best_rate
 
+    # Memory bandwidth (design.md §3, the roofline's memory side): every layer's weights are read from
+    # device memory once per step (streamed ones after their copy), attention on the device reads the
+    # K,V of the context (recomputed ones after they are written), the recompute reads X[0:l]; CPU
+    # attention reads the K,V from host memory. The LM head is left out (not in the step's model).
+    kv_ctx = L * combo.batch * st.context * kv_bytes_per_token(m, dtype)
+    device_bytes = L * layer_weight_bytes(m, dtype) + L * combo.batch * x_present * x_bytes_per_token(m, dtype)
+    device_bytes += kv_ctx if dev_att else 0
     terms = {
         "compute": dev_flops / dev_peak,
+        "device_memory": device_bytes / (profile.device_memory_gb_per_s * 1e9),
+        "host_memory": kv_ctx / (profile.host_memory_gb_per_s * 1e9) if cuda and not dev_att else 0.0,
         "cpu": cpu_flops / cpu_peak,
         "h2d": link_bound_s("h2d", link_bytes["h2d"]) if cuda else 0.0,
         "d2h": link_bound_s("d2h", link_bytes["d2h"]) if cuda else 0.0,

@@ -24,6 +24,9 @@ RESOURCE_WORDS = {
     "disk_write": "disk writes",
     "chain": "KVPR chain: X arrives, then K,V[0:l] are recomputed",
     "disk": "the drive (reads + writes share it)",
+    "pipeline": "layer by layer: streamed weights cannot hide behind other layers' compute",
+    "device_memory": "device memory bandwidth (weights, K,V and X read each step)",
+    "host_memory": "host memory bandwidth (CPU attention reads the K,V)",
 }
 
 
@@ -135,8 +138,9 @@ def explain_lines(plan_data: dict[str, Any], model, seq: int, prompt: int, gen: 
     out.append(f"  bytes moved per decode step: {moved or 'none'}")
     lb = plan_data.get("lower_bound", {})
     if lb.get("step_s"):
-        out.append(f"Lower bound: {_ms(lb['step_s'])} per step ({lb['bound_by']}: the plan's own bytes over the link "
-                   f"bandwidth or FLOPs over the peak); the plan is at {lb['distance']:.2f}x of it")
+        out.append(f"Lower bound: {_ms(lb['step_s'])} per step, bound by "
+                   f"{RESOURCE_WORDS.get(lb['bound_by'], lb['bound_by'])} (the plan's own bytes over each memory's "
+                   f"and link's bandwidth, or FLOPs over the peak); the plan is at {lb['distance']:.2f}x of it")
     base = plan_data.get("baselines", {})
     if base:
         out.append("")

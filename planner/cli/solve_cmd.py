@@ -107,7 +107,8 @@ def summary_lines(plan: dict) -> list[str]:
     lines += gain_lines(p, "  ")
     lb = plan["lower_bound"]
     if lb.get("distance") is not None:
-        lines.append(f"  lower bound {lb['step_s'] * 1e3:.2f} ms ({lb['bound_by']}); plan at {lb['distance']:.2f}x")
+        lines.append(f"  lower bound {lb['step_s'] * 1e3:.2f} ms (bound by {lb['bound_by'].replace('_', ' ')}); "
+                     f"plan at {lb['distance']:.2f}x")
     return lines
 
 
