@@ -421,3 +421,17 @@ def test_weights_streamed_from_disk_are_paid_layer_by_layer(local_profile_path):
     per_disk_layer = max(busy["compute"] / L, kv_s + 2 * w_s)  # only half the layers read weights
     per_other = max(busy["compute"] / L, kv_s)
     assert pred["decode_step_s"] == pytest.approx(L // 2 * (per_disk_layer + per_other), rel=1e-3)
+
+
+def test_batch_auto_explores_past_256_up_to_max_batch():
+    """opt-125m on a T4 wants more than 256 sequences: by default auto stops at 256 and says so; with
+    --max-batch 1024 it goes further, predicts more throughput, and the plan records the cap."""
+    model, t4 = load_model("opt-125m"), load_profile(gpu="t4")
+    capped = solve(SolveRequest(model=model, seq=512, gen=32), t4)
+    assert capped["decisions"]["batch"] == 256 and capped["inputs"]["max_batch"] == 256
+    assert any("--max-batch" in w for w in capped["warnings"])
+    wide = solve(SolveRequest(model=model, seq=512, gen=32, max_batch=1024), t4)
+    assert 256 < wide["decisions"]["batch"] <= 1024 and wide["inputs"]["max_batch"] == 1024
+    assert wide["prediction"]["throughput_tokens_per_s"] > capped["prediction"]["throughput_tokens_per_s"]
+    with pytest.raises(KvplanError, match="--max-batch"):
+        solve(SolveRequest(model=model, seq=512, gen=32, max_batch=0), t4)

@@ -132,16 +132,18 @@ def strategy_allows(strategy: str, combo: Combo) -> bool:
     return combo.attention_where == "device"
 
 
-def batch_candidates(batch: int | None) -> list[int]:
+def batch_candidates(batch: int | None, max_batch: int = 256) -> list[int]:
+    """A fixed batch, or for `--batch auto` the powers of two up to `max_batch` (and `max_batch`)."""
     if batch is not None:
         return [batch]
-    return [1 << k for k in range(0, 9)]  # 1 .. 256
+    out = [1 << k for k in range(0, max_batch.bit_length()) if 1 << k <= max_batch]
+    return out if out[-1] == max_batch else out + [max_batch]
 
 
-def combos_for(batch: int | None, host_is_device: bool, strategy: str) -> list[Combo]:
+def combos_for(batch: int | None, host_is_device: bool, strategy: str, max_batch: int = 256) -> list[Combo]:
     wheres = ("device",) if host_is_device else ("device", "cpu")
     out = []
-    for b in batch_candidates(batch):
+    for b in batch_candidates(batch, max_batch):
         nbs = [nb for nb in (1, 2, 4, 8) if b % nb == 0]
         if batch is not None:  # a batch the user fixed: every split into at most 16 equal GPU batches
             nbs = [nb for nb in range(1, 17) if b % nb == 0]

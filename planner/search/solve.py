@@ -151,7 +151,7 @@ def build_problem(req: SolveRequest, st: Setting, profile: Profile, strategy: st
     """The combos of `strategy` ("auto": nothing pinned) with their coefficients and pinned variables;
     the MILP and the exhaustive search (tests) both take exactly this."""
     cost = cost_model_for(profile)
-    combos = combos_for(req.batch, profile.host_is_device, strategy)
+    combos = combos_for(req.batch, profile.host_is_device, strategy, req.max_batch)
     cache = {} if cache is None else cache
     coeffs = []
     zeros = []
@@ -179,7 +179,7 @@ def solve_surrogate(req: SolveRequest, st: Setting, profile: Profile, strategy: 
         if result.status not in ("Infeasible", "Unbounded"):
             raise KvplanError(f"the MILP solver {result.solver} stopped with status {result.status} "
                               f"(strategy {strategy}); please report this configuration")
-        combos = combos_for(req.batch, profile.host_is_device, strategy)
+        combos = combos_for(req.batch, profile.host_is_device, strategy, req.max_batch)
         raise Infeasible(_diagnose(st, req, strategy, caps, combos))
     return result, coeffs[result.index].combo, len(coeffs)
 
@@ -259,9 +259,9 @@ def solve(request: SolveRequest, profile: Profile) -> dict[str, Any]:
     if request.seq > m.max_position_embeddings:
         warnings.append(f"seq {request.seq} exceeds {m.name}'s trained context of {m.max_position_embeddings} "
                         "tokens; the plan is sized for it, but output quality past that length is not assured")
-    if request.batch is None and chosen.decisions.batch == max(batch_candidates(None)):
-        warnings.append(f"batch auto chose {chosen.decisions.batch}, the largest it searches; a larger --batch "
-                        "may be faster still")
+    if request.batch is None and chosen.decisions.batch == max(batch_candidates(None, request.max_batch)):
+        warnings.append(f"batch auto chose {chosen.decisions.batch}, the largest it searches (--max-batch "
+                        f"{request.max_batch}); a larger --max-batch may be faster still")
     ilp = chosen.ilp
     plan = {
         "schema_version": PLAN_SCHEMA_VERSION,
@@ -269,7 +269,8 @@ def solve(request: SolveRequest, profile: Profile) -> dict[str, Any]:
         "hardware": hardware_record(profile, dtype),
         "inputs": {
             "model": m.name, "seq": request.seq, "prompt": request.prompt_tokens, "gen": request.gen,
-            "batch": "auto" if request.batch is None else request.batch, "objective": request.objective,
+            "batch": "auto" if request.batch is None else request.batch, "max_batch": request.max_batch,
+            "objective": request.objective,
             "strategy": request.strategy, "dtype": dtype, "gpu_mem_bytes": request.gpu_mem_bytes,
             "cpu_mem_bytes": request.cpu_mem_bytes, "disk_bytes": request.disk_bytes,
         },
