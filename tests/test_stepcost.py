@@ -273,3 +273,31 @@ def test_streamed_weights_are_paid_layer_by_layer_by_hand():
     totals = max(L * own, L // 2 * _xfer(A100, "disk_read", W), L // 2 * _xfer(A100, "h2d", W))
     assert pred["decode_step_s"] > totals * (1 + 1e-4)
     assert pred["timeline"]["bound_by"] == "pipeline"
+
+
+def test_weights_streamed_from_host_memory_are_paid_layer_by_layer_by_hand():
+    """Half the layers' weights and all K,V in host memory: every layer copies its K,V over h2d, the
+    host layers a whole layer's weights too, so the step is L/2 * max(compute, K,V in) + L/2 *
+    max(compute, K,V in + weights in)."""
+    b, L = 16, MODEL.num_layers
+    d = _decisions(b, 1, 0, "host", "device", weights={"device": 0.5, "host": 0.5, "disk": 0.0})
+    pred = evaluate(MODEL, INPUTS, d, A100)
+    proj, att = _ops(b, 1, 496)
+    own = proj + att
+    kv_in = _xfer(A100, "h2d", b * kv_bytes_per_token(MODEL) * 496)
+    host_layer = max(own, kv_in + _xfer(A100, "h2d", layer_weight_bytes(MODEL)))
+    assert host_layer > max(own, kv_in)
+    assert pred["decode_step_s"] == pytest.approx(L // 2 * (max(own, kv_in) + host_layer), rel=1e-8)
+    assert pred["timeline"]["bound_by"] == "pipeline"
+
+
+def test_auto_compares_plans_by_the_objective():
+    """refine.better: throughput compares tokens per second (prefill included), latency the decode
+    step; a plan with the faster step but the slower prefill wins only for latency."""
+    from planner.search.refine import better
+
+    fast_step = {"throughput_tokens_per_s": 90.0, "decode_step_s": 0.010}
+    fast_total = {"throughput_tokens_per_s": 100.0, "decode_step_s": 0.012}
+    assert better(fast_total, fast_step, "throughput") and not better(fast_step, fast_total, "throughput")
+    assert better(fast_step, fast_total, "latency") and not better(fast_total, fast_step, "latency")
+    assert not better(fast_total, dict(fast_total), "throughput")  # equal is not better
