@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from planner.costmodel import CostModel
+from planner.costmodel.layer_time import recompute_kv_s
 from planner.errors import KvplanError
 from planner.layer_costs import (
     decode_flops,
@@ -30,8 +31,10 @@ from planner.stepcost import (
     DecodeTerms,
     ExactPricer,
     Setting,
+    cpu_attention_s,
     decode_terms,
     linear_terms,
+    op_times,
     pipeline_s,
     prefill_terms,
 )
@@ -180,13 +183,28 @@ def step_flops_and_bound(st: Setting, combo: Combo, profile: Profile, cost: Cost
     # device memory once per step (streamed ones after their copy), attention on the device reads the
     # K,V of the context (recomputed ones after they are written), the recompute reads X[0:l]; CPU
     # attention reads the K,V from host memory. The LM head is left out (not in the step's model).
-    kv_ctx = L * combo.batch * st.context * kv_bytes_per_token(m, dtype)
-    device_bytes = L * layer_weight_bytes(m, dtype) + L * combo.batch * x_present * x_bytes_per_token(m, dtype)
-    device_bytes += kv_ctx if dev_att else 0
+    # Each amount goes at the best rate the profile evidences: its memory bandwidth, or the rate its
+    # own cost model gives the ops that move those bytes (a measured profile's fitted GEMMs can beat
+    # a loaded machine's measured bandwidth), so the bound never exceeds the prediction.
+    def memory_bound_s(nbytes: float, gb_per_s: float, ops_s: float) -> float:
+        return min(nbytes / (gb_per_s * 1e9), ops_s) if nbytes > 0 else 0.0
+
+    b, gb, ctx = combo.batch, combo.gpu_batch, st.context
+    kv_ctx = L * b * ctx * kv_bytes_per_token(m, dtype)
+    proj_s, _ = op_times(cost, m, b, 1, ctx, dtype)
+    _, att_s = op_times(cost, m, gb, 1, ctx, dtype)
+    bw = profile.device_memory_gb_per_s
+    device_s = memory_bound_s(L * layer_weight_bytes(m, dtype), bw, L * proj_s)
+    device_s += memory_bound_s(L * b * x_present * x_bytes_per_token(m, dtype), bw,
+                               L * nb * recompute_kv_s(cost, m, gb, x_present, dtype))
+    device_s += memory_bound_s(kv_ctx, bw, L * nb * att_s) if dev_att else 0.0
+    host_s = 0.0
+    if cuda and not dev_att:
+        host_s = memory_bound_s(kv_ctx, profile.host_memory_gb_per_s, L * cpu_attention_s(cost, m, b, ctx, dtype))
     terms = {
         "compute": dev_flops / dev_peak,
-        "device_memory": device_bytes / (profile.device_memory_gb_per_s * 1e9),
-        "host_memory": kv_ctx / (profile.host_memory_gb_per_s * 1e9) if cuda and not dev_att else 0.0,
+        "device_memory": device_s,
+        "host_memory": host_s,
         "cpu": cpu_flops / cpu_peak,
         "h2d": link_bound_s("h2d", link_bytes["h2d"]) if cuda else 0.0,
         "d2h": link_bound_s("d2h", link_bytes["d2h"]) if cuda else 0.0,
