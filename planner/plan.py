@@ -5,6 +5,7 @@ validation every reader goes through, and the load/save functions. The planner f
 "prediction" and "solver"; the runtime only needs "model", "inputs" and "decisions".
 
 Placement semantics (the runtime relies on these):
+(planner/placement.py implements them for the planner and the runtime alike.)
 - KV cache, per layer: tokens [0, split_tokens) are *not* stored as K,V but as their layer inputs X
   (the X-cache) and recomputed every step (KVPR); tokens [split_tokens, seq) are stored as K,V.
   The stored K,V token range is cut into consecutive pieces on device, host and disk in the
@@ -24,10 +25,9 @@ from typing import Any
 from planner.errors import KvplanError
 from planner.jsonio import read_json, write_json_atomic
 from planner.models import DTYPE_BYTES, ModelConfig, model_from_record
+from planner.placement import ATTENTION_PLACES, STRATEGIES, TIERS
 
 PLAN_SCHEMA_VERSION = 1
-TIERS = ("device", "host", "disk")
-STRATEGIES = ("resident", "transfer", "recompute", "cpu-attention", "mixed")
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ def decisions_from_dict(obj: Any, seq: int) -> Decisions:
         raise KvplanError(f"plan decisions.strategy must be one of {', '.join(STRATEGIES)}, got {obj['strategy']!r}")
     if obj["dtype"] not in DTYPE_BYTES:
         raise KvplanError(f"plan decisions.dtype {obj['dtype']!r} is not one of {', '.join(DTYPE_BYTES)}")
-    if obj["attention_where"] not in ("device", "cpu"):
+    if obj["attention_where"] not in ATTENTION_PLACES:
         raise KvplanError(f"plan decisions.attention_where must be 'device' or 'cpu', got {obj['attention_where']!r}")
     batch = _int(obj, "batch", "decisions", 1, 1 << 20)
     gpu_batch = _int(obj, "gpu_batch", "decisions", 1, 1 << 20)

@@ -30,7 +30,9 @@ from pathlib import Path
 import torch
 
 from planner.errors import KvplanError
+from planner.memory import cache_bytes
 from planner.models import ModelConfig
+from planner.placement import layer_counts, piece_spans
 from planner.plan import Decisions
 from runtime import model as M
 from runtime.measure import Recorder
@@ -61,21 +63,21 @@ def memory_needed(s: Setup) -> dict[str, int]:
     m, d = s.model, s.decisions
     elem = M.TORCH_DTYPES[d.dtype].itemsize
     need = {"device": 0, "host": 0, "disk": 0}
-    for _name, width, lo, hi, frac in (("x", m.hidden_size, 0, min(d.split_tokens, s.seq), d.x_placement),
-                                      ("kv", 2 * m.kv_dim, d.split_tokens, s.seq, d.kv_placement)):
-        for tier, n in TokenStore.bytes_needed(width, lo, hi, frac, s.layers, d.batch, elem).items():
-            need[tier] += n
+    split = min(d.split_tokens, s.seq)
+    stored = {p: b - a for p, (a, b) in piece_spans(split, d.x_placement, d.kv_placement, s.seq).items()}
+    for tier, n in cache_bytes(m, d.dtype, stored, d.batch, s.layers).items():  # planner/memory.py
+        need[tier] += n
+    for width, lo, hi, frac in ((m.hidden_size, 0, split, d.x_placement),
+                                (2 * m.kv_dim, d.split_tokens, s.seq, d.kv_placement)):
         # staging for disk reads: 2*ngb+1 slots of one GPU batch's piece
         if frac["disk"] > 0 and hi > lo:
             need["host"] += (2 * d.num_gpu_batches + 1) * align_up(int((hi - lo) * frac["disk"] + 2) * d.gpu_batch
                                                                     * width * elem)
     _, rec = flat_layout(M.layer_weight_shapes(m), elem)
     v_total = max(s.virtual_layers or s.layers, s.layers)
-    n_dev = round(d.weight_placement["device"] * v_total)
-    n_host = round((d.weight_placement["device"] + d.weight_placement["host"]) * v_total) - n_dev
-    n_disk = v_total - n_dev - n_host
+    counts = layer_counts(d.weight_placement, v_total)  # planner/placement.py: the first layers on the device
     # a K-layer run keeps each of its K layers on every tier the whole model's placement uses
-    n_dev, n_host, n_disk = (min(n, s.layers) for n in (n_dev, n_host, n_disk))
+    n_dev, n_host, n_disk = (min(counts[t], s.layers) for t in ("device", "host", "disk"))
     need["device"] += n_dev * rec
     need["host"] += n_host * rec + (3 * rec if n_disk else 0)
     need["disk"] += n_disk * align_up(rec)

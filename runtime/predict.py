@@ -1,5 +1,5 @@
 """What the runtime compares against: the plan's own prediction, or a re-prediction of the plan's
-decisions with a profile of this machine (planner.search.evaluate, the planner's full cost models)."""
+decisions with a profile of this machine (planner.prediction.evaluate, the planner's full cost models)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,8 @@ from typing import Any
 
 from planner.errors import KvplanError
 from planner.plan import Decisions, Plan
+from planner.prediction import evaluate
 from planner.profile import Profile, find_local_profile, load_profile
-
-RESOURCES = ("compute", "cpu", "h2d", "disk_read", "d2h", "disk_write")
 
 
 @dataclass(frozen=True)
@@ -24,11 +23,7 @@ class Prediction:
 
 
 def repredict(plan: Plan, profile: Profile) -> dict[str, Any]:
-    """The plan's decisions evaluated under `profile` (planner.search.evaluate)."""
-    try:
-        from planner.search import evaluate
-    except ImportError as exc:  # the planner's evaluator is not installed in this tree
-        raise KvplanError(f"cannot re-predict: planner.search.evaluate is not available ({exc})") from exc
+    """The plan's decisions evaluated under `profile` (planner.prediction.evaluate)."""
     return evaluate(plan.model, plan.data["inputs"], as_run_on(plan.decisions, profile), profile)
 
 

@@ -26,9 +26,9 @@ from pathlib import Path
 import torch
 
 from planner.errors import KvplanError
+from planner.placement import TIERS, position_spans
 
 PAGE = 4096
-TIERS = ("device", "host", "disk")
 
 
 def align_up(n: int, a: int = PAGE) -> int:
@@ -165,16 +165,8 @@ class Span:
 
 def split_range(lo: int, hi: int, fractions: dict[str, float]) -> list[Span]:
     """Cut positions [lo, hi) into consecutive device, host, disk pieces in the given proportions
-    (planner/plan.py: placement semantics). Empty pieces are left out."""
-    n = hi - lo
-    spans, acc, start = [], 0.0, lo
-    for tier in TIERS:
-        acc += fractions.get(tier, 0.0)
-        stop = hi if tier == TIERS[-1] else lo + min(n, round(acc * n))
-        if stop > start:
-            spans.append(Span(tier, start, stop))
-        start = max(start, stop)
-    return spans
+    (planner/placement.position_spans, the cut the planner predicts with). Empty pieces are left out."""
+    return [Span(tier, a, b) for tier, (a, b) in position_spans(lo, hi, fractions).items() if b > a]
 
 
 class GatherBuffer:

@@ -11,8 +11,8 @@ from planner.cli.solve_cmd import gain_lines
 from planner.errors import KvplanError
 from planner.hardware import parts_line, provenance_line
 from planner.layer_costs import kv_bytes_per_token, layer_weight_bytes, recompute_saves_bytes, x_bytes_per_token
+from planner.placement import layer_counts
 from planner.plan import load_plan
-from planner.search.evaluate import layer_split
 
 BAR_WIDTH = 40
 RESOURCE_WORDS = {
@@ -24,6 +24,9 @@ RESOURCE_WORDS = {
     "disk_write": "disk writes",
     "chain": "KVPR chain: X arrives, then K,V[0:l] are recomputed",
     "disk": "the drive (reads + writes share it)",
+    "pipeline": "layer by layer: streamed weights cannot hide behind other layers' compute",
+    "device_memory": "device memory bandwidth (weights, K,V and X read each step)",
+    "host_memory": "host memory bandwidth (CPU attention reads the K,V)",
 }
 
 
@@ -62,7 +65,7 @@ def explain_lines(plan_data: dict[str, Any], model, seq: int, prompt: int, gen: 
                f"asked {inputs['strategy']}, chosen {d.strategy}; dtype {d.dtype}")
     out.append("")
     out.append("What goes where")
-    layers = layer_split(d, L)
+    layers = layer_counts(d.weight_placement, L)
     W = layer_weight_bytes(model, d.dtype)
     out.append(f"  batch {d.batch} = {d.num_gpu_batches} GPU batch(es) of {d.gpu_batch}; each layer's weights are "
                f"loaded once per block of {d.num_gpu_batches}")
@@ -135,8 +138,9 @@ def explain_lines(plan_data: dict[str, Any], model, seq: int, prompt: int, gen: 
     out.append(f"  bytes moved per decode step: {moved or 'none'}")
     lb = plan_data.get("lower_bound", {})
     if lb.get("step_s"):
-        out.append(f"Lower bound: {_ms(lb['step_s'])} per step ({lb['bound_by']}: the plan's own bytes over the link "
-                   f"bandwidth or FLOPs over the peak); the plan is at {lb['distance']:.2f}x of it")
+        out.append(f"Lower bound: {_ms(lb['step_s'])} per step, bound by "
+                   f"{RESOURCE_WORDS.get(lb['bound_by'], lb['bound_by'])} (the plan's own bytes over each memory's "
+                   f"and link's bandwidth, or FLOPs over the peak); the plan is at {lb['distance']:.2f}x of it")
     base = plan_data.get("baselines", {})
     if base:
         out.append("")

@@ -16,7 +16,7 @@ from planner.models import load_model
 from planner.plan import save_plan
 from planner.profile import find_local_profile, load_profile
 from planner.search import SolveRequest, solve
-from planner.search.request import MAX_BATCH, REQUEST_STRATEGIES
+from planner.search.request import DEFAULT_MAX_BATCH, MAX_BATCH, REQUEST_STRATEGIES
 
 _SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1e9, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9, "t": 1e12, "tb": 1e12,
@@ -107,7 +107,8 @@ def summary_lines(plan: dict) -> list[str]:
     lines += gain_lines(p, "  ")
     lb = plan["lower_bound"]
     if lb.get("distance") is not None:
-        lines.append(f"  lower bound {lb['step_s'] * 1e3:.2f} ms ({lb['bound_by']}); plan at {lb['distance']:.2f}x")
+        lines.append(f"  lower bound {lb['step_s'] * 1e3:.2f} ms (bound by {lb['bound_by'].replace('_', ' ')}); "
+                     f"plan at {lb['distance']:.2f}x")
     return lines
 
 
@@ -122,6 +123,8 @@ def _tiers(frac: dict[str, float]) -> str:
               help="Tokens to generate per sequence (default: 128, or seq/2 when seq <= 256).")
 @click.option("--prompt", type=int, default=None, help="Prompt tokens (default: seq - gen).")
 @click.option("--batch", "batch_text", default="auto", show_default=True, help="Batch size, or 'auto'.")
+@click.option("--max-batch", "max_batch", type=int, default=DEFAULT_MAX_BATCH, show_default=True,
+              help="The largest batch --batch auto tries (powers of two up to it).")
 @click.option("--profile", "profile_path", type=click.Path(dir_okay=False), default=None,
               help="Hardware profile JSON (from 'kvplan profile').")
 @click.option("--gpu", default=None, help="Datasheet profile by GPU name (see 'kvplan gpus').")
@@ -137,7 +140,8 @@ def _tiers(frac: dict[str, float]) -> str:
               help="Plan file (default: plans/<model>-<hardware>-s<seq>-g<gen>-b<batch>.json).")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan JSON on stdout (the file is written too).")
 @hardware_options
-def command(model_name: str, seq: int, gen: int | None, prompt: int | None, batch_text: str, profile_path: str | None,
+def command(model_name: str, seq: int, gen: int | None, prompt: int | None, batch_text: str, max_batch: int,
+            profile_path: str | None,
             gpu: str | None, objective: str, strategy: str, dtype: str | None, gpu_mem: str | None,
             cpu_mem: str | None, disk: str | None, output: str | None, as_json: bool,
             hardware: HardwareArgs) -> None:
@@ -153,7 +157,7 @@ def command(model_name: str, seq: int, gen: int | None, prompt: int | None, batc
     request = SolveRequest(
         model=load_model(model_name), seq=seq, gen=gen, prompt=prompt, batch=parse_batch(batch_text),
         objective=objective, strategy=strategy, dtype=dtype, gpu_mem_bytes=parse_size(gpu_mem, "--gpu-mem"),
-        cpu_mem_bytes=parse_size(cpu_mem, "--cpu-mem"), disk_bytes=parse_size(disk, "--disk"),
+        cpu_mem_bytes=parse_size(cpu_mem, "--cpu-mem"), disk_bytes=parse_size(disk, "--disk"), max_batch=max_batch,
     )
     profile = hardware.compose(resolve_profile(profile_path, gpu))
     check_request_fits(profile, request.cpu_mem_bytes)

@@ -2,11 +2,12 @@
 
 Public API (the cross-team contract):
     from planner.search import SolveRequest, solve, evaluate, Infeasible
+(`evaluate` lives in planner/prediction.py, outside the search, so the runtime can use it.)
 """
 
 from __future__ import annotations
 
-from planner.search.evaluate import evaluate
+from planner.prediction import evaluate
 from planner.search.request import Infeasible, SolveRequest
 from planner.search.solve import solve
 

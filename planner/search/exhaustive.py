@@ -38,7 +38,7 @@ def _compositions(total: int, parts: int):
 
 
 def exhaustive_search(coeffs: list[Coeffs], zeros: list[frozenset[str]], num_layers: int,
-                      caps: dict[str, float], grid: int) -> ExhaustiveResult | None:
+                      caps: dict[str, float], grid: int, min_split_fraction: float = 0.0) -> ExhaustiveResult | None:
     best: ExhaustiveResult | None = None
     points = 0
     for co, zero in zip(coeffs, zeros, strict=True):
@@ -50,6 +50,8 @@ def exhaustive_search(coeffs: list[Coeffs], zeros: list[frozenset[str]], num_lay
             values = dict.fromkeys(FRACTION_VARS + LAYER_VARS, 0.0)
             for name, units in zip(free_f, fr, strict=True):
                 values[name] = units / grid
+            if values["xd"] + values["xh"] + values["xk"] < min_split_fraction - 1e-12:
+                continue
             values["zoff"] = 1.0 if needs_zoff and any(values[v] > 0 for v in OFF_DEVICE_FRACTIONS) else 0.0
             for lp in layer_points:
                 for name, n in zip(free_l, lp, strict=True):

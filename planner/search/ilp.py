@@ -85,7 +85,10 @@ _BANNER_DONE = False
 
 
 def solve_milp(coeffs: list[Coeffs], zero: list[frozenset[str]], num_layers: int,
-               caps: dict[str, float], grid: int | None, solver: str = "HiGHS") -> IlpResult:
+               caps: dict[str, float], grid: int | None, solver: str = "HiGHS",
+               min_split_fraction: float = 0.0) -> IlpResult:
+    """`min_split_fraction`: the X fractions of the selected combo sum to at least this (a pinned
+    recompute keeps l >= 1 token: formulation.min_split_fraction)."""
     prob = pulp.LpProblem("kvplan", pulp.LpMinimize)
     objective: list[tuple[pulp.LpVariable, float]] = []
     per_combo = []
@@ -132,6 +135,9 @@ def solve_milp(coeffs: list[Coeffs], zero: list[frozenset[str]], num_layers: int
 
         fracs = [(var[n], scale[n]) for n in FRACTION_VARS if n in var]
         add(fracs + [(y, -1.0)], pulp.LpConstraintEQ, f"frac_{k}")
+        if min_split_fraction > 0:
+            xs = [(var[n], -scale[n]) for n in ("xd", "xh", "xk") if n in var]
+            add(xs + [(y, min_split_fraction)], pulp.LpConstraintLE, f"split_floor_{k}")
         add([(var[n], 1.0) for n in LAYER_VARS if n in var] + [(y, -float(num_layers))], pulp.LpConstraintEQ,
             f"layers_{k}")
         off = [(var[n], scale[n]) for n in OFF_DEVICE_FRACTIONS if n in var]

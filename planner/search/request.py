@@ -6,12 +6,14 @@ from dataclasses import dataclass, field
 
 from planner.errors import KvplanError
 from planner.models import DTYPE_BYTES, ModelConfig
+from planner.placement import PINNED_STRATEGIES, REQUEST_STRATEGIES
 from planner.profile import Profile
 
 OBJECTIVES = ("throughput", "latency")
-REQUEST_STRATEGIES = ("auto", "resident", "transfer", "recompute", "cpu-attention")
-PINNED_STRATEGIES = ("resident", "transfer", "recompute", "cpu-attention")
+__all__ = ["DEFAULT_MAX_BATCH", "MAX_BATCH", "OBJECTIVES", "PINNED_STRATEGIES", "REQUEST_STRATEGIES", "Infeasible",
+           "SolveRequest", "validate_request", "resolve_dtype"]
 MAX_BATCH = 65536
+DEFAULT_MAX_BATCH = 256  # the largest batch `--batch auto` tries unless --max-batch raises it
 MAX_SEQ = 10_000_000
 
 
@@ -33,6 +35,7 @@ class SolveRequest:
     cpu_mem_bytes: int | None = None
     disk_bytes: int | None = None
     grid: int | None = field(default=None, compare=True)  # tests: placements in multiples of 1/grid
+    max_batch: int = DEFAULT_MAX_BATCH  # batch auto tries powers of two up to this (and this)
 
     @property
     def prompt_tokens(self) -> int:
@@ -56,6 +59,8 @@ def validate_request(req: SolveRequest) -> None:
         raise KvplanError(f"prompt {prompt!r} + gen {req.gen} must be at least 1 and at most seq {req.seq}")
     if req.batch is not None and (not _is_int(req.batch) or not 1 <= req.batch <= MAX_BATCH):
         raise KvplanError(f"--batch must be 'auto' or an integer in [1, {MAX_BATCH}], got {req.batch!r}")
+    if not _is_int(req.max_batch) or not 1 <= req.max_batch <= MAX_BATCH:
+        raise KvplanError(f"--max-batch must be an integer in [1, {MAX_BATCH}], got {req.max_batch!r}")
     if req.objective not in OBJECTIVES:
         raise KvplanError(f"unknown objective '{req.objective}' (known: {', '.join(OBJECTIVES)})")
     if req.strategy not in REQUEST_STRATEGIES:
