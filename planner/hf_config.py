@@ -21,7 +21,7 @@ from pydantic import ConfigDict, Field
 
 from planner.errors import KvplanError
 from planner.jsonio import read_json
-from planner.models import DTYPE_BYTES, MAX_SIZE, ModelConfig, RopeScaling, validate_model
+from planner.model_config import DTYPE_BYTES, MAX_SIZE, ModelConfig, RopeScaling, validate_model
 from planner.units import escape_name
 from planner.validation import Strict, validate
 
