@@ -143,12 +143,23 @@ def test_cuda_profile_assembly_without_a_gpu(monkeypatch, tmp_path):
     for name in ("host_memcpy", "h2d", "d2h", "h2d_pageable", "d2h_pageable", "disk_read", "disk_write"):
         samples[f"link.{name}"] = SampleSet(["bytes", "time_s"], link_rows)
     models = {k: fitted.fit(k.split(".")[0], s.rows, 2) for k, s in samples.items()}
-    monkeypatch.setattr(links, "cuda_device_copy_gb_per_s", lambda nbytes, reps: 1500.0)
-    device = system.DeviceInfo("cuda", "NVIDIA Fake-80GB", 80 << 30, 4, 16, "8.0")
-    data = measure._assemble(mode, device, tmp_path, 1 << 40, "o_direct", samples, models, "2.x", 16, 0.1)
+    device = system.DeviceInfo("cuda", "NVIDIA Fake-80GB", 80 << 30, 4, 16, "8.0", cache_bytes=40 << 20)
+    host_bw = links.HostBandwidth(21.5, 1 << 30, 16, (0.1, 0.1, 0.1))
+    data = measure.assemble(measure.Measured(mode, device, tmp_path, 1 << 40, "o_direct", samples, models, "2.x", 16,
+                                             host_bw, device_memory_gb_per_s=1500.0, load_at_start=0.1))
     profile = profile_from_dict(data, "fake-cuda")
     assert profile.device_type == "cuda" and not profile.host_is_device
     assert profile.device_memory_bytes == 80 << 30 and data["pcie"] == {"generation": 4, "width": 16}
+    assert data["device"]["memory_gb_per_s"] == 1500.0 and data["device"]["l2_cache_bytes"] == 40 << 20
+    assert {data[p]["provenance"] for p in ("device", "host", "disk")} == {"measured"}
+    # the host part is the CPU helper's: DRAM from the copy probe, attention from the attention.cpu.* rows
+    # at the long context (4096, not 512): K,V bytes b * 4096 * 2 * 8 * 128 * 4 (float32) over 200 x the
+    # row's time, median over b = 1, 4, 16 = the b = 4 row
+    assert data["host"]["memory_gb_per_s"] == 21.5 and data["host"]["shared_with_device"] is False
+    kv_bytes = 4 * 4096 * 2 * 8 * 128
+    f32 = data["host"]["attention_gb_per_s"]["float32"]
+    assert f32 == pytest.approx(kv_bytes * 4 / (200 * (5e-6 + kv_bytes * 2 / 1.2e12)) / 1e9, rel=1e-3)
+    assert data["host"]["attention_gb_per_s"]["bfloat16"] == pytest.approx(f32 / 2, rel=1e-3)
     assert set(profile.links) >= {"h2d", "d2h", "h2d_pageable", "d2h_pageable", "disk_read", "disk_write"}
     assert data["name"].endswith("nvidia-fake-80gb")
     cost = CostModel(profile)
