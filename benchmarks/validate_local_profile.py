@@ -48,6 +48,7 @@ def child(spec_path: Path, out_path: Path) -> None:
     """Runs in the fresh process: measure and write the raw samples."""
     import torch
 
+    from planner.cli.profile_cmd import runtime_kernels
     from planner.profiling import compute, disk, measure
 
     spec = json.loads(spec_path.read_text())
@@ -61,7 +62,8 @@ def child(spec_path: Path, out_path: Path) -> None:
         out["gemm"][dtype] = s.rows
     # the disk as the profile's link.disk_read / disk_write were measured: beside the same compute loop,
     # the same rounds and statistic (planner/profiling/disk.py), at sizes the profile did not probe
-    busy = measure._busy_work(min(measure.BUSY_ARENA_BYTES, spec["cold_bytes"] or measure.BUSY_ARENA_BYTES))
+    busy = measure._busy_work(min(measure.BUSY_ARENA_BYTES, spec["cold_bytes"] or measure.BUSY_ARENA_BYTES),
+                              runtime_kernels())
     reads, _, method = disk.disk_samples(Path(spec["disk_dir"]), spec["disk_sizes"], mode.repeats, 1e9,
                                          busy=busy, writes=False)
     # writes through the runtime's DiskFile at every size, as link.disk_write was measured
