@@ -310,10 +310,11 @@ def test_timer_includes_the_devices_completion():
 class _FakeNvml:
     """Two GPUs as NVML numbers them; CUDA_VISIBLE_DEVICES=1 makes the second one torch's cuda:0."""
 
-    GPUS = {"h0": ("GPU-aaaa", "00000000:3B:00.0", "NVIDIA A", 4), "h1": ("GPU-bbbb", "00000000:86:00.0", "NVIDIA B", 5)}
+    GPUS = {"h0": ("GPU-aaaa", "00000000:3B:00.0", "NVIDIA A", 4),
+            "h1": ("GPU-bbbb", "00000000:86:00.0", "NVIDIA B", 5)}
 
-    def __init__(self, uuid_works=True):
-        self.uuid_works = uuid_works
+    def __init__(self, finds_by):
+        self.finds_by = finds_by  # "uuid" or "pci": the lookup this NVML answers (the other fails)
 
     def nvmlInit(self):
         pass
@@ -326,13 +327,13 @@ class _FakeNvml:
 
     def nvmlDeviceGetHandleByUUID(self, uuid):
         for h, (u, _, _, _) in self.GPUS.items():
-            if self.uuid_works and u == uuid:
+            if self.finds_by == "uuid" and u == uuid:
                 return h
         raise RuntimeError("not found")
 
     def nvmlDeviceGetHandleByPciBusId(self, bus):
         for h, (_, b, _, _) in self.GPUS.items():
-            if b == bus:
+            if self.finds_by == "pci" and b == bus:
                 return h
         raise RuntimeError("not found")
 
@@ -351,8 +352,8 @@ class _FakeNvml:
         return 16
 
 
-@pytest.mark.parametrize("uuid_works", [True, False])
-def test_nvml_finds_torchs_gpu_not_the_same_index(monkeypatch, uuid_works):
+@pytest.mark.parametrize("finds_by", ["uuid", "pci"])
+def test_nvml_finds_torchs_gpu_not_the_same_index(monkeypatch, finds_by):
     """Issue 13 item 7: NVML is asked for the GPU torch calls cuda:0 by UUID, else PCI bus id; torch's
     total memory (a MIG slice's) is kept, never NVML's whole card."""
     import sys
@@ -360,7 +361,7 @@ def test_nvml_finds_torchs_gpu_not_the_same_index(monkeypatch, uuid_works):
 
     from planner.profiling import system
 
-    monkeypatch.setitem(sys.modules, "pynvml", _FakeNvml(uuid_works))
+    monkeypatch.setitem(sys.modules, "pynvml", _FakeNvml(finds_by))
     props = SimpleNamespace(name="torch name", total_memory=10 << 30, major=8, minor=0, uuid="bbbb",
                             pci_domain_id=0, pci_bus_id=0x86, pci_device_id=0, L2_cache_size=40 << 20)
     dev = system.device_from_props(props, system._nvml_info(props))
@@ -382,8 +383,9 @@ def test_gpu_probes_overflow_the_gpus_l2_not_the_cpus_cache(monkeypatch, tmp_pat
     run = measure._Session.start(get_mode("quick"), None, tmp_path, False, measure._noop_progress, measure.PARTS)
     assert run.cold_bytes == 9 << 20 and run.cpu_cold_bytes == 48 << 20  # 1.5 x each cache
     assert run.busy is None  # on a GPU machine the CPU is free while the disk worker reads
-    assert system.cold_cache_bytes(system.DeviceInfo("cuda", "x", 1, cache_bytes=None), 1) == system.GPU_L2_FALLBACK_BYTES
-    assert system.cold_cache_bytes(system.DeviceInfo("cpu", "x", 1, cache_bytes=None), 7) == 7
+    no_l2 = system.DeviceInfo("cuda", "x", 1, cache_bytes=None)
+    assert system.cold_cache_bytes(no_l2, 1) == system.GPU_L2_FALLBACK_BYTES
+    assert system.cold_cache_bytes(system.DeviceInfo("cpu", "x", 1), 7) == 7
 
 
 def test_disk_to_device_reads_through_the_runtime_pool_and_takes_the_median(tmp_path):

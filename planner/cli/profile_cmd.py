@@ -34,7 +34,6 @@ def command(quick: bool, smoke: bool, disk_dir: Path | None, output: Path | None
     from planner.profiling.system import cpu_cores, detect_device, load_average
 
     parts = parse_parts(parts_text)
-    force_cpu = force_cpu or parts == HOST_PARTS
 
     load = load_average()
     if not smoke and load is not None and load > 0.5 * cpu_cores():
@@ -45,7 +44,7 @@ def command(quick: bool, smoke: bool, disk_dir: Path | None, output: Path | None
     if smoke and threads is None:
         threads = 1  # tests and CI share their cores: one thread, timed by its CPU clock (timing.py)
     if output is None:
-        output = default_output_path(detect_device(force_cpu=force_cpu))
+        output = default_output_path(detect_device(force_cpu=force_cpu or parts == HOST_PARTS))
     with _progress() as factory:
         data = measure_profile(mode, disk_dir=disk_dir, force_cpu=force_cpu, progress=factory, threads=threads,
                                kernels=runtime_kernels(), parts=parts)
