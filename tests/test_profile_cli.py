@@ -482,3 +482,19 @@ def test_interrupted_profile_leaves_nothing(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert list(disk_dir.iterdir()) == [] and not (tmp_path / "p.json").exists()
+
+
+def test_a_probe_file_whose_disk_file_fails_is_removed(tmp_path, monkeypatch):
+    """The scratch file goes even when the runtime's DiskFile created it and then failed (no room)."""
+    from planner.errors import KvplanError
+    from planner.profiling import disk
+    from planner.profiling.timing import Repeats
+
+    def failing(path, size_bytes):
+        path.write_bytes(b"x")
+        raise KvplanError(f"cannot reserve {size_bytes} bytes in {path}")
+
+    monkeypatch.setattr(disk, "_disk_file_class", lambda: failing)
+    with pytest.raises(KvplanError, match="cannot reserve"):
+        disk.writeback_samples(tmp_path, [4096], Repeats(), 1.0)
+    assert list(tmp_path.iterdir()) == []

@@ -92,6 +92,13 @@ def remove_stale_probe_files(disk_dir: Path) -> list[Path]:
     return removed
 
 
+def _remove(path: Path) -> None:
+    try:
+        path.unlink()
+    except OSError:
+        pass
+
+
 def check_disk_dir(path: Path, need_bytes: int) -> int:
     """Free bytes of `path` after checking it exists, is writable and has room; one-line errors."""
     if not path.exists():
@@ -261,6 +268,7 @@ def writeback_samples(
     finally:
         if f is not None:
             f.close()
+        _remove(path)  # also when the file was created but DiskFile failed (or was interrupted) after
     rows = [[float(size), statistics.median(timed[size])] for size in sorted(timed)]
     return SampleSet(["bytes", "time_s"], rows, len(sizes) - len(rows))
 
@@ -332,10 +340,7 @@ def disk_samples(
         buf.close()
         dest.release()
         arena.close()
-        try:
-            path.unlink()
-        except OSError:
-            pass
+        _remove(path)
     cols = ["bytes", "time_s"]
     return SampleSet(cols, reads, skipped), SampleSet(cols, write_rows, skipped), method
 
@@ -355,8 +360,9 @@ def disk_to_device_samples(disk_dir: Path, sizes: Sequence[int], reps: Repeats, 
     rows: list[list[float]] = []
     start = time.perf_counter()
     f = None
+    path = probe_path(disk_dir, "device")
     try:
-        f = _disk_file_class()(probe_path(disk_dir, "device"), largest)
+        f = _disk_file_class()(path, largest)
         f.write(0, torch.full((largest,), 7, dtype=torch.uint8), 0)
         for size in sizes:
             if rows and time.perf_counter() - start > budget_s:
@@ -375,6 +381,7 @@ def disk_to_device_samples(disk_dir: Path, sizes: Sequence[int], reps: Repeats, 
     finally:
         if f is not None:
             f.close()
+        _remove(path)
     return SampleSet(["bytes", "time_s"], rows, len(sizes) - len(rows))
 
 

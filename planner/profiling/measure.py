@@ -323,8 +323,9 @@ class _Session:
         m = self.m
         stream_bytes = min(max(4 * self.llc_bytes, HOST_STREAM_MIN_BYTES), m.host_stream_max_bytes,
                            system.available_memory_bytes() // 8)
-        self.progress(f"host DRAM bandwidth ({stream_bytes >> 20} MiB copies)", 1)
+        advance = self.progress(f"host DRAM bandwidth ({stream_bytes >> 20} MiB copies)", 1)
         host_bw = links.host_bandwidth(stream_bytes, m.host_stream_rounds)
+        advance(1)
         mem_sizes = shapes.transfer_sizes(m, m.link_max_bytes)
         self.samples["link.host_memcpy"] = links.host_memcpy_samples(
             mem_sizes, m.repeats, m.budget_s["link"] / 3, self.bar("host memcpy", len(mem_sizes)))
