@@ -498,3 +498,28 @@ def test_a_probe_file_whose_disk_file_fails_is_removed(tmp_path, monkeypatch):
     with pytest.raises(KvplanError, match="cannot reserve"):
         disk.writeback_samples(tmp_path, [4096], Repeats(), 1.0)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_disk_probes_keep_enough_sizes_to_fit_when_the_budget_is_spent(tmp_path):
+    """On a loaded machine the time budget can run out before the first transfer; the probes still
+    time MIN_SAMPLES sizes, so the smoke profile every test depends on can always be fitted."""
+    from planner.profiling import disk
+    from planner.profiling.compute import MIN_SAMPLES
+    from planner.profiling.timing import Repeats
+
+    sizes = [4096, 8192, 16384, 32768, 65536]
+    reps = Repeats(warmup=0, min_reps=1, max_reps=1, target_s=0)
+    reads, writes, _ = disk.disk_samples(tmp_path, sizes, reps, 0.0, passes=2)
+    assert len(reads.rows) == len(writes.rows) == MIN_SAMPLES and reads.skipped == len(sizes) - MIN_SAMPLES
+    # every round times the same sizes (the disk's drift between rounds needs them): the smallest of
+    # at least 1 MiB, else the largest
+    timed: dict = {}
+    for k in range(3):
+        disk.disk_samples(tmp_path, [4096, 1 << 20, 3 << 20, 5 << 20, 7 << 20], reps, 0.0, passes=1, timed=timed,
+                          first_round=k, writes=False)
+    assert {size: len(t[1]) for size, t in timed.items()} == {1 << 20: 12, 3 << 20: 12, 5 << 20: 12}
+    timed = {}
+    for k in range(3):
+        back = disk.writeback_samples(tmp_path, sizes, reps, 0.0, timed=timed, first_round=k)
+    assert len(back.rows) == MIN_SAMPLES and all(len(t) == 8 for t in timed.values())  # none timed twice
+    assert list(tmp_path.iterdir()) == []

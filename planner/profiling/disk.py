@@ -35,7 +35,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from planner.errors import KvplanError
-from planner.profiling.compute import Progress, SampleSet
+from planner.profiling.compute import MIN_SAMPLES, Progress, SampleSet
 from planner.profiling.timing import Repeats
 
 PAGE = 4096
@@ -244,12 +244,12 @@ def writeback_samples(
     try:
         f = DiskFile(path, window + PAGE)
         offset = 0
-        done = 0
         with busy_thread(busy):
             for size in random.Random(DISK_ORDER_SEED + first_round).sample(list(sizes), len(sizes)):
-                if done and time.perf_counter() - start > budget_s:
-                    break
-                done += 1
+                # the budget never cuts below MIN_SAMPLES sizes (over all calls): a loaded machine
+                # must still give a profile that can be fitted
+                if time.perf_counter() - start > budget_s and len(timed) >= MIN_SAMPLES:
+                    continue
                 calls = max(reps.min_reps, 8 if size <= WRITEBACK_MANY_BYTES else 3)
                 data = torch.full((size,), 7, dtype=torch.uint8)
                 times = []
@@ -271,6 +271,14 @@ def writeback_samples(
         _remove(path)  # also when the file was created but DiskFile failed (or was interrupted) after
     rows = [[float(size), statistics.median(timed[size])] for size in sorted(timed)]
     return SampleSet(["bytes", "time_s"], rows, len(sizes) - len(rows))
+
+
+def floor_sizes(sizes: Sequence[int]) -> set[int]:
+    """The MIN_SAMPLES read sizes every round times even when its time budget is spent (a loaded
+    machine): enough to fit, and the same in every round so `time_spread` can compare rounds. The
+    smallest of at least SPREAD_MIN_BYTES (cheap, and the sizes time_spread uses), else the largest."""
+    big = sorted(s for s in sizes if s >= SPREAD_MIN_BYTES)
+    return set(big[:MIN_SAMPLES]) if len(big) >= MIN_SAMPLES else set(sorted(sizes)[-MIN_SAMPLES:])
 
 
 def disk_passes(reps: Repeats) -> int:
@@ -315,11 +323,12 @@ def disk_samples(
         # about 1.3 and 2.0 GB/s over tens of seconds (docs/profiling.md, "Disk statistic"), so a size
         # timed at one moment only, or the fastest of several rounds, would record the disk's mood
         timed = {} if timed is None else timed
+        floor = floor_sizes(sizes)
         with busy_thread(busy):
             for k in range(passes or disk_passes(reps)):
                 order = random.Random(DISK_ORDER_SEED + first_round + k)
                 for size in order.sample(sizes, len(sizes)):
-                    if time.perf_counter() - start <= budget_s:
+                    if time.perf_counter() - start <= budget_s or size in floor:
                         wtimes, rtimes = _time_size(fd, view, size, method, reps, largest, dest, writes)
                         w, r = timed.setdefault(size, ([], []))
                         w.extend(wtimes)
