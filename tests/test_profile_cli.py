@@ -230,6 +230,13 @@ def test_parts_host_storage_never_probes_a_gpu(run_cli, tmp_path, monkeypatch, p
     data = json.loads(out.read_text())
     assert data["measurement"]["parts"] == ["host", "storage"] and data["host"]["attention_gb_per_s"]["float32"] > 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p.json"]
+    # the parts it wrote are what a GPU datasheet is composed with (planner/hardware.py)
+    plan = tmp_path / "plan.json"
+    solved = run_cli("solve", "--model", "opt-125m", "--seq", "512", "--gpu", "t4", "--host", out, "--storage", out,
+                     "-o", plan)
+    assert solved.exit_code == 0, solved.output
+    parts = json.loads(plan.read_text())["hardware"]["parts"]
+    assert (parts["host"]["provenance"], parts["storage"]["provenance"]) == ("measured", "measured")
 
 
 @pytest.mark.parametrize("parts, word", [("device", "device,host,storage or host,storage"), ("gpu,host", "'gpu'"),
