@@ -387,7 +387,7 @@ def _host_section(r: Measured, device_peak: dict[str, float]) -> dict[str, Any]:
         "name": system.cpu_name(),
         "memory_bytes": system.available_memory_bytes(),
         "memory_gb_per_s": r.host_bandwidth.gb_per_s,
-        "peak_tflops": peak or {"float32": device_peak.get("float32", 0.1)},
+        "peak_tflops": peak,  # never the GPU's: on a GPU machine the CPU helper's GEMMs are always probed
         "attention_gb_per_s": attention,
         "shared_with_device": cpu_only,
     }
