@@ -21,14 +21,19 @@ from planner.jsonio import write_json_atomic
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Where to write the profile (default: profiles/local-<host>-<device>.json).")
 @click.option("--cpu", "force_cpu", is_flag=True, help="Profile the CPU even when a GPU is present.")
+@click.option("--parts", "parts_text", default="device,host,storage", show_default=True, metavar="PARTS",
+              help="What to measure: every part, or 'host,storage' for the CPU, DRAM and drive only "
+                   "(no GPU is touched; combine with a GPU datasheet when planning).")
 @click.option("--threads", type=int, default=None,
               help="torch threads for the CPU probes (default: all cores); run 'kvplan execute' with the same.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of tables.")
 def command(quick: bool, smoke: bool, disk_dir: Path | None, output: Path | None, force_cpu: bool,
-            threads: int | None, as_json: bool) -> None:
+            parts_text: str, threads: int | None, as_json: bool) -> None:
     """Measure this machine: probes, fitted cost models with their errors, one profile file."""
-    from planner.profiling import default_output_path, measure_profile
+    from planner.profiling import HOST_PARTS, default_output_path, measure_profile, parse_parts
     from planner.profiling.system import cpu_cores, detect_device, load_average
+
+    parts = parse_parts(parts_text)
 
     load = load_average()
     if not smoke and load is not None and load > 0.5 * cpu_cores():
@@ -39,15 +44,45 @@ def command(quick: bool, smoke: bool, disk_dir: Path | None, output: Path | None
     if smoke and threads is None:
         threads = 1  # tests and CI share their cores: one thread, timed by its CPU clock (timing.py)
     if output is None:
-        output = default_output_path(detect_device(force_cpu=force_cpu))
+        output = default_output_path(detect_device(force_cpu=force_cpu or parts == HOST_PARTS))
     with _progress() as factory:
-        data = measure_profile(mode, disk_dir=disk_dir, force_cpu=force_cpu, progress=factory, threads=threads)
+        data = measure_profile(mode, disk_dir=disk_dir, force_cpu=force_cpu, progress=factory, threads=threads,
+                               kernels=runtime_kernels(), parts=parts)
     write_json_atomic(output, data)  # only a complete profile is ever written
     summary = _summary(data, output)
     if as_json:
         echo_json(summary)
         return
     _print_summary(summary)
+
+
+def runtime_kernels():
+    """The runtime's kernels as the probes call them (planner/profiling/kernels.py): decode attention
+    (runtime.model.attention), KV recompute (runtime.model.kv_from_x_into) and the disk reads' staging
+    pool (runtime.tiers.BufferPool). The CLI may import the runtime; planner/profiling may not."""
+    import dataclasses
+    import functools
+
+    from planner.models import CATALOG
+    from planner.profiling import Kernels
+    from runtime import model as M
+    from runtime import tiers
+
+    # an attention-only Arch of any head shape: a catalog model's (no RoPE) with the head counts replaced
+    base = dataclasses.replace(M.Arch.of(CATALOG["opt-125m"]), rotary=False)
+
+    @functools.cache
+    def arch(heads: int, kv_heads: int, head_dim: int):
+        return dataclasses.replace(base, hidden=heads * head_dim, heads=heads, kv_heads=kv_heads, head_dim=head_dim)
+
+    def decode_attention(q, kv, kv_heads: int):
+        return M.attention(arch(q.shape[1], kv_heads, q.shape[3]), q, kv, causal=False)
+
+    def kv_recompute(wkv, x_tm, out) -> None:
+        M.kv_from_x_into(base, {"wkv": wkv}, x_tm, None, out)
+
+    return Kernels(decode_attention=decode_attention, kv_recompute=kv_recompute, staging_pool=tiers.BufferPool,
+                   source="runtime.model.attention, runtime.model.kv_from_x_into, runtime.tiers.BufferPool")
 
 
 class _progress:
@@ -86,7 +121,10 @@ def _summary(data: dict, output: Path) -> dict:
         "path": str(output),
         "name": data["name"],
         "mode": data["measurement"]["mode"],
+        "parts": data["measurement"]["parts"],
         "device": {k: data["device"][k] for k in ("type", "name", "memory_bytes", "memory_gb_per_s", "peak_tflops")},
+        "host": {k: data["host"][k] for k in ("cores", "memory_bytes", "memory_gb_per_s", "peak_tflops",
+                                               "attention_gb_per_s")},
         "links": data["links"],
         "disk": data["disk"],
         "cost_models": models,
@@ -97,6 +135,10 @@ def _print_summary(s: dict) -> None:
     dev = s["device"]
     peaks = ", ".join(f"{d} {v * 1e3:,.1f} GFLOP/s" for d, v in sorted(dev["peak_tflops"].items()))
     click.echo(f"device: {dev['type']} {dev['name']}, {human_bytes(dev['memory_bytes'])}, best GEMM rate {peaks}")
+    host = s["host"]
+    att = ", ".join(f"{d} {v:,.2f} GB/s" for d, v in sorted(host["attention_gb_per_s"].items()))
+    click.echo(f"host: {host['cores']} cores, DRAM {host['memory_gb_per_s']:,.2f} GB/s, "
+               f"CPU decode attention (K,V read) {att}")
     click.echo(f"disk: {s['disk']['path']} ({s['disk']['method']}), {human_bytes(s['disk']['free_bytes'])} free")
     print_table("links", ["link", "GB/s", "latency us"],
                 [(n, f"{v['gb_per_s']:.2f}", f"{v['latency_s'] * 1e6:.1f}") for n, v in sorted(s["links"].items())])

@@ -6,10 +6,15 @@ The probes measure what the runtime runs (docs/profiling.md, "what the probes ru
 - projections are `F.linear(x, W)` with W stored [out, in] like runtime/model.py, and W is *cold*:
   every call takes its weights from a different place of an arena larger than the last-level cache
   (ColdArena), as a decode step streams each layer's weights once between long K,V reads;
-- the KV-recompute shapes run through runtime.model.kv_from_x_into: token-major X in, K,V written
-  straight into the rows of a token-major attention buffer, as the executor recomputes them;
-- decode attention is runtime.model.attention (the fused SDPA call, GQA folded into the query
-  length) over a token-major [context, batch, 2*kv_dim] buffer, also taken cold from the arena.
+- the KV-recompute shapes run through the runtime's recompute kernel (`Kernels.kv_recompute`,
+  runtime.model.kv_from_x_into): token-major X in, K,V written straight into the rows of a
+  token-major attention buffer, as the executor recomputes them;
+- decode attention is the runtime's kernel (`Kernels.decode_attention`, runtime.model.attention: the
+  fused SDPA call, GQA folded into the query length) over a token-major [context, batch, 2*kv_dim]
+  buffer, also taken cold from the arena.
+
+The kernels come in a `Kernels` record from the caller (planner/profiling/kernels.py): planner code
+does not import the runtime.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from planner.profiling.kernels import Kernels
 from planner.profiling.timing import Repeats, Timer
 
 Progress = Callable[[int], None]  # called with how many samples were just finished
@@ -109,23 +115,23 @@ def arena_bytes(llc_bytes: int, largest_bytes: int, cap_bytes: int) -> int:
 def gemm_samples(
     shapes: Sequence[tuple[int, int, int]], dtype: str, device: str, reps: Repeats, budget_s: float,
     progress: Progress | None = None, cold_bytes: int = 0, recompute: frozenset = frozenset(),
+    kernels: Kernels | None = None,
 ) -> SampleSet:
     """y = x W^T with x (m x k) activations and W (n x k) weights, as runtime/model.py projects
     (F.linear), W cold from a ColdArena of `cold_bytes` (0: one warm W). Shapes in `recompute` run
-    the runtime's KV recompute instead: runtime.model.kv_from_x_into with token-major X, K,V written
+    the runtime's KV recompute instead (`kernels.kv_recompute`) with token-major X, K,V written
     into rows of a token-major buffer (no RoPE: the planner's recompute cost is the GEMM)."""
     import torch
     import torch.nn.functional as F
 
-    from runtime import model as M
-
+    if recompute and kernels is None:
+        raise ValueError("recompute shapes need the runtime's kernels (planner.profiling.kernels.Kernels)")
     timer = Timer(device)
     tdtype = _torch_dtype(dtype)
     gen = torch.Generator(device="cpu").manual_seed(0)
     elem = torch.empty(0, dtype=tdtype).element_size()
     largest = max((n * k * elem for _, n, k in shapes), default=elem)
     arena = ColdArena(max(cold_bytes, 2 * largest), dtype, device) if cold_bytes else None
-    plain = M.Arch(1, 1, 1, 1, True, False, 1e4, False, 1e-5)
 
     def measure(shape: tuple[int, int, int]) -> list[float]:
         m, n, k = shape
@@ -145,7 +151,7 @@ def gemm_samples(
                     return arena.take((m, 1, n))
                 return fixed_out
 
-            t = timer.sample_s(lambda: M.kv_from_x_into(plain, {"wkv": weight()}, x_tm, None, out()), reps)
+            t = timer.sample_s(lambda: kernels.kv_recompute(weight(), x_tm, out()), reps)
         else:
             a = torch.randn(m, k, generator=gen).to(device=device, dtype=tdtype)
             t = timer.sample_s(lambda: F.linear(a, weight()), reps)
@@ -158,14 +164,13 @@ def gemm_samples(
 
 def attention_samples(
     shapes: Sequence[tuple[int, int, int, int, int]], dtype: str, device: str, reps: Repeats, budget_s: float,
-    progress: Progress | None = None, cold_bytes: int = 0,
+    kernels: Kernels, progress: Progress | None = None, cold_bytes: int = 0,
 ) -> SampleSet:
-    """One new token per sequence attending over `context` keys: runtime.model.attention on the
-    runtime's token-major K,V buffer [context, batch, 2*kv_dim] (K heads then V heads per row), seen
-    as [batch, context, 2*kv_dim] like GatherBuffer.rows_view; the buffer is cold (ColdArena)."""
+    """One new token per sequence attending over `context` keys: the runtime's decode attention
+    (`kernels.decode_attention`) on its token-major K,V buffer [context, batch, 2*kv_dim] (K heads
+    then V heads per row), seen as [batch, context, 2*kv_dim] like GatherBuffer.rows_view; the buffer
+    is cold (ColdArena)."""
     import torch
-
-    from runtime import model as M
 
     timer = Timer(device)
     tdtype = _torch_dtype(dtype)
@@ -175,14 +180,13 @@ def attention_samples(
 
     def measure(shape: tuple[int, int, int, int, int]) -> list[float]:
         batch, context, heads, kv_heads, head_dim = shape
-        arch = M.Arch(heads * head_dim, heads, kv_heads, head_dim, True, False, 1e4, False, 1e-5)
         q = torch.randn(batch, heads, 1, head_dim, device=device, dtype=tdtype)
         rows = (context, batch, 2 * kv_heads * head_dim)
         warm = None if arena is not None else torch.randn(*rows, device=device, dtype=tdtype)
 
         def run():
             buf = arena.take(rows) if arena is not None else warm
-            return M.attention(arch, q, buf.transpose(0, 1), causal=False)
+            return kernels.decode_attention(q, buf.transpose(0, 1), kv_heads)
 
         t = timer.sample_s(run, reps)
         return [batch, context, heads, kv_heads, head_dim, t]

@@ -10,7 +10,12 @@ The runtime's situation (docs/profiling.md, "disk under load"): while the disk w
 compute thread runs GEMMs and attention on the same cores and memory bus, so `disk_samples` can time
 the transfers with a compute loop running on another thread (`busy`); and the runtime's write-back
 is a small write (one token's K,V or X) appended to a preallocated file, which
-`writeback_samples` times through the runtime's own runtime.tiers.DiskFile.
+`writeback_samples` times through the runtime's own DiskFile.
+
+Scratch files: every file a probe creates in the disk folder is named `.kvplan-probe-<pid>-<what>`
+(`probe_path`) and removed in a `finally` (Ctrl-C, SIGTERM turned into the same path, any error).
+A process killed outright (SIGKILL, power loss) cannot clean up, so `remove_stale_probe_files`,
+called when a profile starts, deletes the probe files of processes that no longer exist.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import errno
 import mmap
 import os
 import random
+import re
 import shutil
 import statistics
 import tempfile
@@ -29,11 +35,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from planner.errors import KvplanError
-from planner.profiling.compute import Progress, SampleSet
-from planner.profiling.timing import Repeats, lower_quartile
+from planner.profiling.compute import MIN_SAMPLES, Progress, SampleSet
+from planner.profiling.timing import Repeats
 
 PAGE = 4096
-PROBE_FILE = ".kvplan-disk-probe"
+PROBE_PREFIX = ".kvplan-probe-"
+_PROBE_NAME = re.compile(r"^\.kvplan-probe-(\d+)-")
+# the fixed names used before the scratch files carried the process id: nobody owns these any more
+LEGACY_PROBE_FILES = (".kvplan-disk-probe", ".kvplan-disk-probe-writeback")
 # Bytes of destination memory the timed reads rotate over: the runtime reads each GPU batch's K,V into
 # its own gather buffer, two pipeline slots deep (runtime/executor.py), e.g. 200 MB for opt-125m at
 # seq 2048, batch 8 (docs/validation.md, "Disk reads").
@@ -44,6 +53,52 @@ DISK_ORDER_SEED = 20261123
 WRITEBACK_MANY_BYTES = 4 << 20
 
 
+def probe_path(disk_dir: Path, what: str) -> Path:
+    """The scratch file `what` of this process in `disk_dir`: .kvplan-probe-<pid>-<what>."""
+    return disk_dir / f"{PROBE_PREFIX}{os.getpid()}-{what}"
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, under another user
+    return True
+
+
+def remove_stale_probe_files(disk_dir: Path) -> list[Path]:
+    """Delete the probe scratch files in `disk_dir` left by processes that are gone (killed before
+    their `finally` ran), and the fixed-name files of older versions; files of live processes, this
+    one included, stay. Returns what was removed. A pid reused by an unrelated live process keeps its
+    file until that process ends."""
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(disk_dir))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _PROBE_NAME.match(entry.name)
+        stale = entry.name in LEGACY_PROBE_FILES or (match is not None and not _pid_alive(int(match.group(1))))
+        if stale and entry.is_file(follow_symlinks=False):
+            try:
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+            except OSError:
+                pass
+    return removed
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink()
+    except OSError:
+        pass
+
+
 def check_disk_dir(path: Path, need_bytes: int) -> int:
     """Free bytes of `path` after checking it exists, is writable and has room; one-line errors."""
     if not path.exists():
@@ -51,7 +106,7 @@ def check_disk_dir(path: Path, need_bytes: int) -> int:
     if not path.is_dir():
         raise KvplanError(f"--disk-dir {path} is not a folder")
     try:  # os.access says yes to root on a read-only mount; creating a file is the real test
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".kvplan-write-test-"):
+        with tempfile.NamedTemporaryFile(dir=path, prefix=f"{PROBE_PREFIX}{os.getpid()}-write-test-"):
             pass
     except OSError as exc:
         raise KvplanError(f"--disk-dir {path} is not writable: {exc.strerror}") from exc
@@ -158,12 +213,19 @@ def busy_thread(work: Callable[[], object] | None) -> Iterator[None]:
         thread.join()
 
 
+def _disk_file_class():
+    """The runtime's disk file (O_DIRECT, aligned staging, tail-page cache), which the write-back and
+    disk->device probes time."""
+    from runtime.tiers import DiskFile
+    return DiskFile
+
+
 def writeback_samples(
     disk_dir: Path, sizes: Sequence[int], reps: Repeats, budget_s: float, busy: Callable[[], object] | None = None,
     timed: dict[int, list[float]] | None = None, first_round: int = 0,
 ) -> SampleSet:
     """Writes as the runtime makes them: `size` bytes appended at successive (unaligned) offsets of a
-    preallocated file through runtime.tiers.DiskFile.write (page read-modify-write kept in its tail
+    preallocated file through the runtime's DiskFile.write (page read-modify-write kept in its tail
     cache, a copy into an aligned buffer, O_DIRECT pwrite), as the executor writes each new token's
     K,V or X and prefill writes the prompt's; median of the calls per size (the runtime reports a
     mean; the disk's drift is not one-sided), optionally with a compute loop running (`busy`).
@@ -173,22 +235,21 @@ def writeback_samples(
     its `first_round` seed and returns the samples of everything timed so far."""
     import torch
 
-    from runtime.tiers import DiskFile
-
+    DiskFile = _disk_file_class()  # noqa: N806 (a class)
     timed = {} if timed is None else timed
     start = time.perf_counter()
-    path = disk_dir / (PROBE_FILE + "-writeback")
+    path = probe_path(disk_dir, "writeback")
     window = 2 * max(sizes) + PAGE
     f = None
     try:
         f = DiskFile(path, window + PAGE)
         offset = 0
-        done = 0
         with busy_thread(busy):
             for size in random.Random(DISK_ORDER_SEED + first_round).sample(list(sizes), len(sizes)):
-                if done and time.perf_counter() - start > budget_s:
-                    break
-                done += 1
+                # the budget never cuts below MIN_SAMPLES sizes (over all calls): a loaded machine
+                # must still give a profile that can be fitted
+                if time.perf_counter() - start > budget_s and len(timed) >= MIN_SAMPLES:
+                    continue
                 calls = max(reps.min_reps, 8 if size <= WRITEBACK_MANY_BYTES else 3)
                 data = torch.full((size,), 7, dtype=torch.uint8)
                 times = []
@@ -207,8 +268,17 @@ def writeback_samples(
     finally:
         if f is not None:
             f.close()
+        _remove(path)  # also when the file was created but DiskFile failed (or was interrupted) after
     rows = [[float(size), statistics.median(timed[size])] for size in sorted(timed)]
     return SampleSet(["bytes", "time_s"], rows, len(sizes) - len(rows))
+
+
+def floor_sizes(sizes: Sequence[int]) -> set[int]:
+    """The MIN_SAMPLES read sizes every round times even when its time budget is spent (a loaded
+    machine): enough to fit, and the same in every round so `time_spread` can compare rounds. The
+    smallest of at least SPREAD_MIN_BYTES (cheap, and the sizes time_spread uses), else the largest."""
+    big = sorted(s for s in sizes if s >= SPREAD_MIN_BYTES)
+    return set(big[:MIN_SAMPLES]) if len(big) >= MIN_SAMPLES else set(sorted(sizes)[-MIN_SAMPLES:])
 
 
 def disk_passes(reps: Repeats) -> int:
@@ -230,7 +300,7 @@ def disk_samples(
     writes sample set is empty."""
     sizes = [max(PAGE, -(-s // PAGE) * PAGE) for s in sizes]
     largest = max(sizes)
-    path = disk_dir / PROBE_FILE
+    path = probe_path(disk_dir, "read")
     buf = mmap.mmap(-1, largest)
     view = memoryview(buf)
     buf.write(os.urandom(min(largest, 1 << 20)) * (largest // min(largest, 1 << 20)))
@@ -253,11 +323,12 @@ def disk_samples(
         # about 1.3 and 2.0 GB/s over tens of seconds (docs/profiling.md, "Disk statistic"), so a size
         # timed at one moment only, or the fastest of several rounds, would record the disk's mood
         timed = {} if timed is None else timed
+        floor = floor_sizes(sizes)
         with busy_thread(busy):
             for k in range(passes or disk_passes(reps)):
                 order = random.Random(DISK_ORDER_SEED + first_round + k)
                 for size in order.sample(sizes, len(sizes)):
-                    if time.perf_counter() - start <= budget_s:
+                    if time.perf_counter() - start <= budget_s or size in floor:
                         wtimes, rtimes = _time_size(fd, view, size, method, reps, largest, dest, writes)
                         w, r = timed.setdefault(size, ([], []))
                         w.extend(wtimes)
@@ -278,59 +349,49 @@ def disk_samples(
         buf.close()
         dest.release()
         arena.close()
-        try:
-            path.unlink()
-        except OSError:
-            pass
+        _remove(path)
     cols = ["bytes", "time_s"]
     return SampleSet(cols, reads, skipped), SampleSet(cols, write_rows, skipped), method
 
 
-def disk_to_device_samples(disk_dir: Path, sizes: Sequence[int], reps: Repeats, budget_s: float) -> SampleSet:
-    """CUDA only: disk -> pinned host buffer -> device, the path streamed KV takes from disk."""
-    import numpy as np
+def disk_to_device_samples(disk_dir: Path, sizes: Sequence[int], reps: Repeats, budget_s: float,
+                           staging_pool, sync, device: str = "cuda") -> SampleSet:
+    """Disk -> device along the runtime's path (runtime/tiers.py, TokenStore.read): the runtime's
+    DiskFile reads past the page cache into a staging buffer of the runtime's pool (`staging_pool`,
+    Kernels.staging_pool), which is copied to the device (non-blocking when the buffer is pinned),
+    then `sync` waits for the copy. Wall clock from the read's start to the copy's completion;
+    median of the calls per size, like every other probe. Only on CUDA machines."""
     import torch
 
     sizes = [max(PAGE, -(-s // PAGE) * PAGE) for s in sizes]
     largest = max(sizes)
-    path = disk_dir / PROBE_FILE
-    buf = mmap.mmap(-1, largest)
-    view = memoryview(buf)
-    pinned = torch.empty(largest, dtype=torch.uint8, pin_memory=True)
-    dev = torch.empty(largest, dtype=torch.uint8, device="cuda")
+    pool = staging_pool(3)
     rows: list[list[float]] = []
     start = time.perf_counter()
-    fd = -1
+    f = None
+    path = probe_path(disk_dir, "device")
     try:
-        fd, method = _open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC)
-        _write_all(fd, view, 0)
-        os.fsync(fd)
+        f = _disk_file_class()(path, largest)
+        f.write(0, torch.full((largest,), 7, dtype=torch.uint8), 0)
         for size in sizes:
-            if time.perf_counter() - start > budget_s:
+            if rows and time.perf_counter() - start > budget_s:
                 break
             times = []
-            for _ in range(reps.min_reps):
-                if method != "o_direct":
-                    _drop_cache(fd)
+            for i in range(reps.warmup + max(reps.min_reps, 3)):
                 t0 = time.perf_counter()
-                _read_all(fd, view[:size], 0)
-                chunk = np.frombuffer(view[:size], dtype=np.uint8)
-                pinned[:size].numpy()[:] = chunk
-                del chunk  # release the export before the mmap is closed
-                dev[:size].copy_(pinned[:size], non_blocking=True)
-                torch.cuda.synchronize()
-                times.append(time.perf_counter() - t0)
-            rows.append([size, lower_quartile(times)])
+                raw = f.read_into(0, size, pool)
+                raw.to(device, non_blocking=raw.is_pinned())
+                sync()
+                if i >= reps.warmup:
+                    times.append(time.perf_counter() - t0)
+            rows.append([size, statistics.median(times)])
+    except OSError as exc:
+        raise KvplanError(f"disk->device probe on {disk_dir} failed: {exc.strerror or exc}") from exc
     finally:
-        if fd >= 0:
-            os.close(fd)
-        view.release()
-        buf.close()
-        try:
-            path.unlink()
-        except OSError:
-            pass
-    return SampleSet(["bytes", "time_s"], rows)
+        if f is not None:
+            f.close()
+        _remove(path)
+    return SampleSet(["bytes", "time_s"], rows, len(sizes) - len(rows))
 
 
 SPREAD_MIN_BYTES = 1 << 20  # below this a read's time is mostly latency, not the disk's rate

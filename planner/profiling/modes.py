@@ -35,6 +35,10 @@ class Mode:
     # KV recompute rows beyond the decode token counts: recompute runs gpu_batch x split rows at once
     # (thousands); fitted from decode-sized rows alone it came out 10% fast at 1456 rows
     recompute_rows: tuple[int, ...] = ()
+    # the host DRAM bandwidth probe: a copy of 4x the last-level cache, at most this many bytes, timed
+    # this many times (links.host_bandwidth)
+    host_stream_max_bytes: int = 1 << 30
+    host_stream_rounds: int = 5
 
 
 MODES: dict[str, Mode] = {
@@ -56,6 +60,8 @@ MODES: dict[str, Mode] = {
         repeats=Repeats(warmup=1, min_reps=3, max_reps=5, target_s=0.01),
         cold_max_bytes=64 << 20,
         small_write_sizes=(4096, 16384, 65536, 1 << 20),
+        host_stream_max_bytes=64 << 20,
+        host_stream_rounds=3,
     ),
     # `--quick`: under 2 minutes on 2 cores.
     "quick": Mode(
@@ -97,6 +103,7 @@ MODES: dict[str, Mode] = {
                   "cpu": 120.0},
         repeats=Repeats(warmup=2, min_reps=5, max_reps=25, target_s=0.2, passes=3),
         recompute_rows=(2048, 4096, 8192, 16384),
+        host_stream_rounds=9,
     ),
 }
 

@@ -1,10 +1,16 @@
 """Probe sizes taken from the catalog models' real shapes: the projection GEMMs of a decode step
 and of KV recompute (planner.layer_costs), attention of one new token over long contexts, the
-activation of the MLP, and one layer's KV and X as transfer sizes."""
+activation of the MLP, and one layer's KV, X and weights as transfer sizes."""
 
 from __future__ import annotations
 
-from planner.layer_costs import kv_bytes_per_token, layer_gemms, recompute_gemm, x_bytes_per_token
+from planner.layer_costs import (
+    kv_bytes_per_token,
+    layer_gemms,
+    layer_weight_bytes,
+    recompute_gemm,
+    x_bytes_per_token,
+)
 from planner.models import CATALOG, ModelConfig
 from planner.profiling.modes import Mode
 
@@ -95,10 +101,15 @@ def elementwise_shapes(mode: Mode) -> list[tuple[int, bool]]:
 
 
 def transfer_sizes(mode: Mode, max_bytes: int) -> list[int]:
-    """Bytes of one layer's K,V and X for the attention models at several contexts and batches,
-    spread over the range and rounded up to whole pages (O_DIRECT needs aligned sizes)."""
+    """Bytes of one layer's K,V and X for the attention models at several contexts and batches, and
+    of one layer's weights in float32 and float16 (the record a streamed layer reads from the host or
+    the disk), spread over the range and rounded up to whole pages (O_DIRECT needs aligned sizes)."""
     sizes: set[int] = set()
     for model in _models(mode.attention_models + mode.gemm_models):
+        for dtype in ("float32", "float16"):
+            n = layer_weight_bytes(model, dtype)
+            if PAGE <= n <= max_bytes:
+                sizes.add(-(-n // PAGE) * PAGE)
         for context in mode.attention_contexts + mode.gemm_tokens:
             for batch in mode.attention_batches:
                 for per_token in (kv_bytes_per_token(model, "float32"), x_bytes_per_token(model, "float32")):

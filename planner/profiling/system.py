@@ -1,5 +1,6 @@
-"""What the machine is: the compute device (CUDA when present, else the CPU), its name, memory and
-PCIe link (pynvml), host memory and cores. A missing or failing pynvml never stops a profile."""
+"""What the machine is: the compute device (CUDA when present, else the CPU), its name, memory, cache
+and PCIe link (torch's device properties; pynvml for the name and link, found by UUID or PCI bus id),
+host memory and cores. A missing or failing pynvml never stops a profile."""
 
 from __future__ import annotations
 
@@ -17,6 +18,18 @@ class DeviceInfo:
     pcie_generation: int | None = None
     pcie_width: int | None = None
     compute_capability: str | None = None
+    cache_bytes: int | None = None  # a GPU's L2 (torch's L2_cache_size); None for the CPU
+
+
+GPU_L2_FALLBACK_BYTES = 128 << 20  # when torch does not say: above every current GPU's L2 (H100: 50 MB)
+
+
+def cold_cache_bytes(device: DeviceInfo, cpu_llc_bytes: int) -> int:
+    """The cache a probe's "cold" operands must overflow on `device`: the GPU's L2 for a CUDA device,
+    the CPU's last-level cache for the CPU (planner/profiling/compute.py, ColdArena)."""
+    if device.type == "cuda":
+        return device.cache_bytes or GPU_L2_FALLBACK_BYTES
+    return cpu_llc_bytes
 
 
 def host_name() -> str:
@@ -70,59 +83,97 @@ def cuda_available() -> bool:
         return False
 
 
-def _nvml_info(index: int) -> dict:
-    """Name, memory and maximum PCIe link of GPU `index` via pynvml; {} when NVML is unavailable.
-    The maximum link generation is recorded because the current one drops when the GPU idles."""
+def pci_bus_id(props) -> str | None:
+    """NVML's PCI bus id string ("00000000:3B:00.0") of a torch CUDA device from its properties
+    (pci_domain_id, pci_bus_id, pci_device_id), or None when torch does not report them."""
+    domain, bus, dev = (getattr(props, k, None) for k in ("pci_domain_id", "pci_bus_id", "pci_device_id"))
+    if not all(isinstance(v, int) for v in (domain, bus, dev)):
+        return None
+    return f"{domain:08X}:{bus:02X}:{dev:02X}.0"
+
+
+def nvml_handle(nvml, props):
+    """The NVML handle of the GPU torch calls `props`, or None. Looked up by UUID, then by PCI bus id,
+    never by the CUDA index: CUDA numbers only the visible GPUs (CUDA_VISIBLE_DEVICES) and may order
+    them differently, while NVML numbers every GPU of the machine, so index i can be another GPU."""
+    uuid = getattr(props, "uuid", None)
+    if uuid is not None and str(uuid):
+        text = str(uuid)
+        for key in (text, f"GPU-{text}", f"MIG-{text}"):
+            try:
+                return nvml.nvmlDeviceGetHandleByUUID(key)
+            except Exception:
+                pass
+    bus_id = pci_bus_id(props)
+    if bus_id is not None:
+        try:
+            return nvml.nvmlDeviceGetHandleByPciBusId(bus_id)
+        except Exception:
+            pass
+    return None
+
+
+def _nvml_info(props) -> dict:
+    """Name and maximum PCIe link of the GPU torch calls `props`, via pynvml; {} when NVML is
+    unavailable or does not find it. The maximum link generation is recorded because the current one
+    drops when the GPU idles. Memory is not taken from NVML: under MIG its total is the whole card's,
+    not the slice torch can allocate (torch's total_memory is used)."""
     try:
         import pynvml
     except ImportError:
         return {}
-    info: dict = {}
     try:
         pynvml.nvmlInit()
     except Exception:
         return {}
     try:
-        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-        name = pynvml.nvmlDeviceGetName(handle)
-        info["name"] = name.decode() if isinstance(name, bytes) else str(name)
-        info["memory_bytes"] = int(pynvml.nvmlDeviceGetMemoryInfo(handle).total)
-        for key, call in (("pcie_generation", "nvmlDeviceGetMaxPcieLinkGeneration"),
-                          ("pcie_width", "nvmlDeviceGetMaxPcieLinkWidth")):
-            try:
-                info[key] = int(getattr(pynvml, call)(handle))
-            except Exception:
-                pass
-        try:
-            major, minor = pynvml.nvmlDeviceGetCudaComputeCapability(handle)
-            info["compute_capability"] = f"{major}.{minor}"
-        except Exception:
-            pass
-    except Exception:
-        pass
+        return _nvml_fields(pynvml, nvml_handle(pynvml, props))
     finally:
         try:
             pynvml.nvmlShutdown()
         except Exception:
             pass
+
+
+def _nvml_fields(nvml, handle) -> dict:
+    info: dict = {}
+    if handle is None:
+        return info
+    try:
+        name = nvml.nvmlDeviceGetName(handle)
+        info["name"] = name.decode() if isinstance(name, bytes) else str(name)
+    except Exception:
+        pass
+    for key, call in (("pcie_generation", "nvmlDeviceGetMaxPcieLinkGeneration"),
+                      ("pcie_width", "nvmlDeviceGetMaxPcieLinkWidth")):
+        try:
+            info[key] = int(getattr(nvml, call)(handle))
+        except Exception:
+            pass
     return info
+
+
+def device_from_props(props, nvml: dict) -> DeviceInfo:
+    """The CUDA device as the profile records it: memory and compute capability from torch (the
+    memory torch can allocate, a MIG slice's included), name and PCIe link from NVML when found."""
+    l2 = getattr(props, "L2_cache_size", None)
+    return DeviceInfo(
+        type="cuda",
+        name=nvml.get("name") or props.name,
+        memory_bytes=int(props.total_memory),
+        pcie_generation=nvml.get("pcie_generation"),
+        pcie_width=nvml.get("pcie_width"),
+        compute_capability=f"{props.major}.{props.minor}",
+        cache_bytes=int(l2) if isinstance(l2, int) and l2 > 0 else None,
+    )
 
 
 def detect_device(force_cpu: bool = False) -> DeviceInfo:
     if not force_cpu and cuda_available():
         import torch
 
-        index = torch.cuda.current_device()
-        nvml = _nvml_info(index)
-        props = torch.cuda.get_device_properties(index)
-        return DeviceInfo(
-            type="cuda",
-            name=nvml.get("name") or props.name,
-            memory_bytes=int(nvml.get("memory_bytes") or props.total_memory),
-            pcie_generation=nvml.get("pcie_generation"),
-            pcie_width=nvml.get("pcie_width"),
-            compute_capability=nvml.get("compute_capability") or f"{props.major}.{props.minor}",
-        )
+        props = torch.cuda.get_device_properties(torch.cuda.current_device())
+        return device_from_props(props, _nvml_info(props))
     return DeviceInfo(type="cpu", name=cpu_name(), memory_bytes=available_memory_bytes())
 
 

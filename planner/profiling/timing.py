@@ -1,17 +1,20 @@
-"""Timing one operation over repeated runs, with CUDA events on a GPU and perf_counter on the CPU
-(torch CPU ops are synchronous).
+"""Timing one operation over repeated runs with the wall clock, on the CPU and on a GPU alike.
+
+The clock: `time.perf_counter` around the call, and on a GPU around the call *and* its completion
+(`torch.cuda.synchronize()` before the clock stops). That is how the runtime times its busy
+intervals (runtime/measure.py: wall clock, a compute interval closes after the device has finished),
+so a profile predicts what `kvplan execute` measures. CUDA events, used before, time only the GPU's
+side: they leave out the host's launch cost, a visible share of a decode-sized kernel (tens of
+microseconds), which the runtime's wall clock includes. On the CPU torch ops are synchronous and
+there is nothing to wait for. (Until the validation round of docs/validation.md the single-thread
+CPU probes used the thread's CPU time, which leaves out time spent descheduled or stalled behind
+other work and made the profile optimistic against the runtime's wall clock.)
 
 The statistic is the median of the runs: the runtime reports mean busy times, and on this VM a cold,
 memory-bound op's mean sits 3-5% above its lower quartile and within 1% of its median (docs/profiling.md,
 "Timing statistic"). The lower quartile, used before, made every compute prediction a few percent
 fast. `kvplan profile` warns when the machine is busy: on a shared machine the median follows the
-load, as the runtime's own times do.
-
-Clock on the CPU: wall time (`time.perf_counter`) of the op on the calling thread, the clock the
-runtime uses for its busy time (runtime/measure.py), so a profile predicts what `kvplan execute`
-measures. (Until the validation round of docs/validation.md the single-thread probes used the
-thread's CPU time, which leaves out time spent descheduled or stalled behind other work and made
-the profile optimistic against the runtime's wall clock.)"""
+load, as the runtime's own times do."""
 
 from __future__ import annotations
 
@@ -33,43 +36,39 @@ class Repeats:
     passes: int = 1  # round-robin passes over a probe's sizes; each size keeps the median of its passes
 
 
+CLOCK = "wall"  # recorded as measurement.clock: every probe, CPU and GPU, times with the wall clock
+
+
 def cpu_clock() -> str:
     """The clock of CPU probes: "wall", like the runtime's busy time (see the module docstring)."""
-    return "wall"
+    return CLOCK
 
 
 class Timer:
-    """Times a zero-argument callable on the compute device."""
+    """Times a zero-argument callable: wall clock from the call to its completion. `sync` waits for
+    the device to finish (default: torch.cuda.synchronize on "cuda", nothing on the CPU)."""
 
-    def __init__(self, device: str = "cpu", clock: str | None = None):
+    def __init__(self, device: str = "cpu", sync: Callable[[], object] | None = None):
         self.device = device
-        self._torch = None
-        if device == "cuda":
+        if sync is None and device == "cuda":
             import torch
 
-            self._torch = torch
-        self.clock = "cuda_events" if device == "cuda" else clock or cpu_clock()
-        self._now = time.thread_time if self.clock == "thread_cpu" else time.perf_counter
+            sync = torch.cuda.synchronize
+        self.sync = sync
+        self.clock = CLOCK
 
     def once_s(self, fn: Callable[[], object]) -> float:
-        if self._torch is None:
-            start = self._now()
-            fn()
-            return self._now() - start
-        torch = self._torch
-        begin = torch.cuda.Event(enable_timing=True)
-        end = torch.cuda.Event(enable_timing=True)
-        begin.record()
+        start = time.perf_counter()
         fn()
-        end.record()
-        end.synchronize()
-        return begin.elapsed_time(end) / 1e3  # elapsed_time is in milliseconds
+        if self.sync is not None:
+            self.sync()  # the runtime's interval closes after the device has finished
+        return time.perf_counter() - start
 
     def sample_s(self, fn: Callable[[], object], reps: Repeats) -> float:
         for _ in range(reps.warmup):
             fn()
-        if self._torch is not None:
-            self._torch.cuda.synchronize()
+        if self.sync is not None:
+            self.sync()  # nothing of the warmup runs is still queued when the first timed run starts
         times: list[float] = []
         spent = 0.0
         while len(times) < reps.max_reps and (len(times) < reps.min_reps or spent < reps.target_s):
@@ -77,8 +76,3 @@ class Timer:
             times.append(t)
             spent += t
         return statistics.median(times)
-
-
-def lower_quartile(times: list[float]) -> float:
-    ordered = sorted(times)
-    return ordered[(len(ordered) - 1) // 4]
