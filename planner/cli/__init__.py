@@ -84,11 +84,12 @@ def _register() -> None:
         predict_cmd,
         profile_cmd,
         report_cmd,
+        schema_cmd,
         solve_cmd,
     )
 
     for module in (models_cmd, gpus_cmd, profile_cmd, predict_cmd, solve_cmd, explain_cmd, execute_cmd, report_cmd,
-                   demo_cmd):
+                   demo_cmd, schema_cmd):
         main.add_command(module.command)
 
 
