@@ -223,7 +223,10 @@ class Solver(Strict):
 
 class PlanSchema(Strict):
     """A kvplan execution plan (docs/plan-schema.md). model, inputs and decisions are all the runtime
-    needs; a plan with a "solver" section was written by `kvplan solve` and has every section."""
+    needs; a plan with a "solver" section was written by `kvplan solve` and has every section.
+    Rules across fields: decisions.split_tokens <= inputs.seq; inputs.prompt + inputs.gen <= inputs.seq;
+    decisions.gpu_batch * decisions.num_gpu_batches == decisions.batch; every placement's fractions sum
+    to 1; inputs.dtype and an integer inputs.batch, when given, equal the decisions'."""
 
     schema_version: Literal[PLAN_SCHEMA_VERSION]
     model: ModelSchema
