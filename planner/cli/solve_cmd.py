@@ -124,7 +124,7 @@ def summary_lines(plan: dict) -> list[str]:
     d, p = plan["decisions"], plan["prediction"]
     seq = plan["inputs"]["seq"]
     lines = [
-        f"{plan['inputs']['model']} on {plan['hardware']['profile_name']}: seq {seq} (prompt "
+        f"{escape_name(plan['inputs']['model'])} on {escape_name(plan['hardware']['profile_name'])}: seq {seq} (prompt "
         f"{plan['inputs']['prompt']} + gen {plan['inputs']['gen']}), {d['dtype']}, objective "
         f"{plan['inputs']['objective']}",
         f"  strategy {d['strategy']}: batch {d['batch']} = {d['num_gpu_batches']} x {d['gpu_batch']}, split "
@@ -212,9 +212,9 @@ def command(model_name: str, seq: int, gen: int | None, prompt: int | None, batc
         echo_json(plan)
         if assumed:
             click.echo(assumed, err=True)
-        click.echo(f"wrote {path} (solved in {solve_s * 1e3:.0f} ms)", err=True)
+        click.echo(f"wrote {escape_name(path)} (solved in {solve_s * 1e3:.0f} ms)", err=True)
         return
     for line in summary_lines(plan) + ([f"  {assumed}"] if assumed else []):
         click.echo(line)
-    click.echo(f"wrote {path} (solver {plan['solver']['name']} {plan['solver']['status']}, "
+    click.echo(f"wrote {escape_name(path)} (solver {plan['solver']['name']} {plan['solver']['status']}, "
                f"{solve_s * 1e3:.0f} ms with the 4 pinned baselines)")
