@@ -92,3 +92,35 @@ def test_signal_during_startup_is_one_line(tmp_path, sig, code):
     assert (proc.returncode, stderr) == (code, "interrupted\n")
     assert stdout == ""
 
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][0] not in "ZX"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs /proc to find the workers")
+def test_sigterm_during_report_sweep_stops_workers_and_writes_no_folder(tmp_path):
+    out = tmp_path / "report"
+    proc = _start(["report", "--models", "opt-125m,opt-1.3b,opt-6.7b,llama-2-7b", "--gpus", "t4,l4,a100-40g-pcie",
+                   "--seqs", "1k,2k,4k,8k", "--jobs", "2", "--no-progress", "-o", str(out)], tmp_path)
+    _wait_for(lambda: len(_children(proc.pid)) >= 2, proc)  # the worker pool is up (spawned processes)
+    workers = _children(proc.pid)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert (proc.returncode, stderr) == (143, "interrupted\n")
+    assert not out.exists() and list((tmp_path / "tmp").iterdir()) == []
+    deadline = time.monotonic() + 10
+    while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(w) for w in workers), "report workers outlived their parent"
