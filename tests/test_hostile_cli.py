@@ -13,6 +13,7 @@ import copy
 import json
 import os
 import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -48,6 +49,7 @@ LLAMA_CONFIG = {"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2
 
 NEEDS_MODELS = pytest.mark.xfail(strict=True, reason="needs the models helper's config.json validation")
 NEEDS_RUNTIME = pytest.mark.xfail(strict=True, reason="needs the runtime helper's refusals in kvplan execute")
+NEEDS_HOST = pytest.mark.xfail(strict=True, reason="needs the host helper's profile validation")
 
 
 # ---- file makers: each writes into the case's folder and returns the path as the CLI argument ----------------
@@ -103,6 +105,17 @@ def profile(d: Path) -> str:
 
 
 _SOLVED: list[str] = []  # the solved plan's text, made once
+
+
+def profile_with(**device) -> Callable[[Path], str]:
+    """The T4 datasheet profile with some of its "device" fields replaced."""
+
+    def make(d: Path) -> str:
+        data = json.loads(T4.read_text())
+        data["device"].update(device)
+        return put(d, "P.json", data)
+
+    return make
 
 
 def solved_plan(d: Path) -> str:
@@ -254,6 +267,13 @@ CASES: list[tuple[str, list, tuple]] = [
     ("config mixture of experts", [*SOLVE[:2], config(LLAMA_CONFIG, num_local_experts=8), *SOLVE[3:]], ()),
     ("config unknown model_type", [*SOLVE[:2], config(LLAMA_CONFIG, model_type="gpt-neox"), *SOLVE[3:]], ()),
     ("config hidden_size 10^30", [*SOLVE[:2], config(OPT_CONFIG, hidden_size=10**30), *SOLVE[3:]], ()),
+    ("execute a gemma2-family plan", ["execute", plan_with(model__family="gemma2"), "--steps", "1"],
+     (NEEDS_RUNTIME,)),
+    ("profile memory a string", [*SOLVE[:5], "--profile", profile_with(memory_bytes="16GB")], ()),
+    ("profile memory negative", [*SOLVE[:5], "--profile", profile_with(memory_bytes=-1)], ()),
+    ("profile memory true", [*SOLVE[:5], "--profile", profile_with(memory_bytes=True)], ()),
+    ("profile memory 10^40 bytes", [*SOLVE[:5], "--profile", profile_with(memory_bytes=10**40)], (NEEDS_HOST,)),
+    ("profile peak a string", [*SOLVE[:5], "--profile", profile_with(peak_tflops={"float16": "65"})], ()),
     ("execute alibi positions", ["execute", plan_with(model__position_encoding="alibi"), "--steps", "1"],
      (NEEDS_RUNTIME,)),
     # output paths that are inputs, empty output names
@@ -315,10 +335,13 @@ def _tree(folder: Path) -> dict[str, tuple]:
 
 @pytest.fixture
 def case_dir(tmp_path, monkeypatch):
-    """The case's own folder, also the working directory (a default output would land in it) and TMPDIR."""
+    """The case's own folder, also the working directory (a default output would land in it); the temp
+    directory is tmp_path/tmp, which must stay empty."""
     d = tmp_path / "case"
     d.mkdir()
+    (tmp_path / "tmp").mkdir()
     monkeypatch.chdir(d)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     monkeypatch.setattr("runtime.predict.find_local_profile", lambda: None)
     monkeypatch.setattr("planner.profile.find_local_profile", lambda: None)
     return d
@@ -336,6 +359,7 @@ def test_hostile_input_is_one_line_and_writes_nothing(argv, case_dir):
     assert result.exit_code == 2, (result.exit_code, result.stdout, result.stderr)
     assert result.stderr.startswith("Error: ") and result.stderr.count("\n") == 1, result.stderr
     assert _tree(case_dir) == before, "the command wrote or changed a file"
+    assert list((case_dir.parent / "tmp").iterdir()) == [], "the command left temporary files"
 
 
 def test_the_corpus_is_large_and_names_are_unique():
@@ -356,3 +380,14 @@ def test_missing_output_folder_is_not_made_for_a_refused_output(tmp_path, monkey
     result = CliRunner().invoke(main, [*SOLVE[:5], "--profile", "P.json", "-o", "new/../P.json"])
     assert result.exit_code == 2 and not (tmp_path / "new").exists()
     assert (tmp_path / "P.json").read_text() == T4.read_text()
+
+
+@NEEDS_MODELS
+def test_config_without_kv_heads_is_multi_head_attention(tmp_path, monkeypatch):
+    """transformers reads an absent or null num_key_value_heads as num_attention_heads (MHA): so do we."""
+    monkeypatch.chdir(tmp_path)
+    cfg = dict(LLAMA_CONFIG, num_key_value_heads=None)
+    put(tmp_path, "m/config.json", cfg)
+    result = CliRunner().invoke(main, ["models", "m/config.json", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["model"]["num_kv_heads"] == cfg["num_attention_heads"]
