@@ -67,6 +67,8 @@ def test_sigterm_during_execute_removes_the_run_folder(tmp_path):
     _wait_for(lambda: any(p.name.startswith("kvplan-run-") for p in tmp.iterdir()), proc)
     time.sleep(0.5)  # into the decode steps
     proc.send_signal(signal.SIGTERM)
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)  # a second one, during the cleanup, must not cut it short
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 143, stderr
     assert stderr == "interrupted\n"

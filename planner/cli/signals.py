@@ -28,13 +28,19 @@ class Terminated(KeyboardInterrupt):
 
 
 _owner_pid: int | None = None
+_terminating = False  # Terminated was raised and SIGTERM set to be ignored
 
 
 def _on_sigterm(signum: int, frame: object) -> None:
+    global _terminating
     if os.getpid() != _owner_pid:  # a forked child: die as SIGTERM's default action would
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGTERM)
         return
+    # From here on SIGTERM is ignored, by the OS: a second one (a process manager, a group kill) must not cut
+    # the cleanup short, nor kill the interpreter while it exits; SIGKILL still ends it.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _terminating = True
     raise Terminated()
 
 
@@ -42,15 +48,17 @@ def install() -> bool:
     """SIGTERM raises Terminated in this process from now on. Not in a multiprocessing child (a report
     worker keeps the default: its parent shuts it down), not off the main thread, and not where the
     embedding program already chose its own SIGTERM handling. True when installed."""
-    global _owner_pid
+    global _owner_pid, _terminating
     if threading.current_thread() is not threading.main_thread():
         return False
     if "multiprocessing" in sys.modules and sys.modules["multiprocessing"].parent_process() is not None:
         return False
     current = signal.getsignal(signal.SIGTERM)
-    if current not in (signal.SIG_DFL, _on_sigterm):
+    ours = current is _on_sigterm or (current == signal.SIG_IGN and _terminating)
+    if current != signal.SIG_DFL and not ours:
         return False
     _owner_pid = os.getpid()
+    _terminating = False
     signal.signal(signal.SIGTERM, _on_sigterm)
     return True
 
