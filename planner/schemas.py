@@ -40,7 +40,20 @@ def _fail(message: str) -> PydanticCustomError:
     return PydanticCustomError("kvplan", message)
 
 
-class Fractions(Strict, extra="forbid"):
+class Section(Strict):
+    """A part of a file: a required field that is absent reads "plan inputs: missing 'seq'"."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _required_present(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for name, field in cls.model_fields.items():
+                if field.is_required() and name not in data:
+                    raise _fail(f"missing '{name}'")
+        return data
+
+
+class Fractions(Section, extra="forbid"):
     """Shares of something on the device, in host memory and on disk: each in [0, 1], summing to 1."""
 
     device: float = Field(ge=0, le=1)
@@ -55,7 +68,7 @@ class Fractions(Strict, extra="forbid"):
         return self
 
 
-class ModelSchema(Strict):
+class ModelSchema(Section):
     """The architecture a plan embeds (planner.models.ModelConfig.to_dict()); the divisibility rules
     (heads by KV heads, even rotary head_dim) are planner.models.validate_model's."""
 
@@ -81,7 +94,7 @@ class ModelSchema(Strict):
     source: str
 
 
-class Decisions(Strict):
+class Decisions(Section):
     """planner.plan.Decisions: what the planner chose (docs/plan-schema.md, "decisions")."""
 
     strategy: Literal[STRATEGIES]
@@ -102,7 +115,7 @@ class Decisions(Strict):
         return self
 
 
-class Inputs(Strict):
+class Inputs(Section):
     """What was asked for; seq, prompt and gen are required, the rest is what `kvplan solve` records."""
 
     seq: int = Field(ge=1, le=MAX_SEQ)
@@ -124,7 +137,7 @@ class Inputs(Strict):
         return self
 
 
-class Hardware(Strict):
+class Hardware(Section):
     profile_name: Name
     profile_kind: Name | None = None
     profile_hash: Name | None = None
@@ -132,14 +145,14 @@ class Hardware(Strict):
     device_name: Name | None = None
 
 
-class Timeline(Strict):
+class Timeline(Section):
     overlapped: list[str] | None = None
     serial: list[list[str]] | None = None
     chain_s: Seconds | None = None
     bound_by: str | None = None
 
 
-class Gain(Strict):
+class Gain(Section):
     strategy: Name | None = None
     throughput_pct: float
     decode_step_pct: float
@@ -152,7 +165,7 @@ PREDICTION_NUMBERS = (
 PREDICTION_MAPS = ("per_layer_busy_s", "memory_bytes", "link_bytes_per_step")
 
 
-class Prediction(Strict):
+class Prediction(Section):
     """docs/plan-schema.md, "prediction": every number finite and non-negative (the gains may be negative)."""
 
     decode_step_s: Seconds | None = None
@@ -173,7 +186,7 @@ class Prediction(Strict):
     gain_over_transfer: Gain | None = None
 
 
-class Baseline(Strict):
+class Baseline(Section):
     """One pinned strategy: feasible with its numbers, or infeasible with the reason."""
 
     feasible: bool
@@ -194,20 +207,20 @@ class Baseline(Strict):
         return self
 
 
-class LowerBound(Strict):
+class LowerBound(Section):
     step_s: Seconds | None = None
     distance: NonNegative | None = None
     bound_by: str | None = None
 
 
-class SplitHedge(Strict):
+class SplitHedge(Section):
     disk_time_scales: list[Annotated[float, Field(gt=0)]] = Field(min_length=3, max_length=3)
     nominal_split_tokens: Tokens
     worst_regret_pct: float
     nominal_worst_regret_pct: float
 
 
-class Solver(Strict):
+class Solver(Section):
     name: Name
     status: Name
     formulation: str | None = None
@@ -221,7 +234,7 @@ class Solver(Strict):
     usable_bytes: dict[str, NonNegative] | None = None
 
 
-class PlanSchema(Strict):
+class PlanSchema(Section):
     """A kvplan execution plan (docs/plan-schema.md). model, inputs and decisions are all the runtime
     needs; a plan with a "solver" section was written by `kvplan solve` and has every section.
     Rules across fields: decisions.split_tokens <= inputs.seq; inputs.prompt + inputs.gen <= inputs.seq;
@@ -264,7 +277,7 @@ class PlanSchema(Strict):
 
 # ---- the run record: what `kvplan execute --out` writes (runtime/run.py) -----------------------------------
 
-class RunPlan(Strict):
+class RunPlan(Section):
     """The plan a run was made from: `kvplan execute` writes the model's name and the decisions; a
     record that embeds a whole plan has the model as an object and an "inputs" section instead."""
 
@@ -286,7 +299,7 @@ class RunPlan(Strict):
         return self
 
 
-class RunInfo(Strict):
+class RunInfo(Section):
     device: Name | None = None
     layers_run: Count | None = None
     layers_total: Count | None = None
@@ -307,7 +320,7 @@ class RunInfo(Strict):
         return self
 
 
-class Measured(Strict):
+class Measured(Section):
     """What the run measured: the plan's prediction keys (seconds, tokens per second), finite and >= 0."""
 
     decode_step_s: Seconds | None = None
@@ -324,7 +337,7 @@ class Measured(Strict):
     achieved_gb_per_s: dict[str, NonNegative] | None = None
 
 
-class ComparisonRow(Strict):
+class ComparisonRow(Section):
     quantity: str
     unit: str
     predicted: float | None = None
@@ -332,7 +345,7 @@ class ComparisonRow(Strict):
     gap_pct: float | None = None
 
 
-class RunRecordSchema(Strict):
+class RunRecordSchema(Section):
     """A run record (`kvplan execute --out run.json`). "measured" is what the report compares; the
     prediction is "predicted" (what execute writes), "prediction", or the embedded plan's."""
 

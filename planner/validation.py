@@ -33,12 +33,10 @@ def validate(schema: type[M], data: Any, origin: str, what: str) -> M:
 
 
 def describe(err: Any, what: str) -> str:
-    """One pydantic error as words: "plan inputs is missing 'seq'", "plan field inputs.seq: Input should
-    be ... (got '8')", or a schema's own cross-field message with the section it came from."""
+    """One pydantic error as words: "plan field inputs.seq: Input should be ... (got '8')", or a schema's
+    own rule (a PydanticCustomError of type "kvplan") as its message after the section it came from."""
     loc = tuple(err.get("loc", ()))
     msg = escape_name(err.get("msg", "invalid"))
-    if err.get("type") == "missing" and loc:
-        return f"{' '.join([what, field_path(loc[:-1])]) if loc[:-1] else what} is missing '{loc[-1]}'"
     if err.get("type") == "kvplan":  # a schema's own rule: its message names the fields
         return f"{what} {field_path(loc)}: {msg}" if loc else f"{what}: {msg}"
     value = err.get("input")

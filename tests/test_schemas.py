@@ -58,7 +58,7 @@ def _plan() -> dict:
     (lambda p: p["inputs"].update(dtype="float32"), "contradicts decisions.dtype"),
     (lambda p: p["prediction"].pop("memory_bytes"), "prediction is missing 'memory_bytes'"),
     (lambda p: p.pop("warnings"), "must have 'warnings'"),
-    (lambda p: p["inputs"].pop("prompt"), "plan inputs is missing 'prompt'"),
+    (lambda p: p["inputs"].pop("prompt"), "plan inputs: missing 'prompt'"),
     (lambda p: p["baselines"]["transfer"].update(feasible=False), "needs 'reason'"),
 ])
 def test_plan_rules(change, needle):
