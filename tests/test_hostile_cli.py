@@ -391,3 +391,9 @@ def test_config_without_kv_heads_is_multi_head_attention(tmp_path, monkeypatch):
     result = CliRunner().invoke(main, ["models", "m/config.json", "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["model"]["num_kv_heads"] == cfg["num_attention_heads"]
+
+
+def test_no_command_prints_the_help_not_an_error_line():
+    """Usage errors are one line, but plain `kvplan` still shows click's help (exit 2, as click does)."""
+    result = CliRunner().invoke(main, [])
+    assert result.exit_code == 2 and "Commands:" in result.output and "Error" not in result.output

@@ -19,6 +19,10 @@ def error_line(message: object) -> None:
     click.echo(f"Error: {escape_name(message)}", err=True)
 
 
+# click >= 8.2 raises this for a group called without a command; its message is the whole help text
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
 class KvplanGroup(click.Group):
     """Turns every user-facing failure into one line on stderr and exit code 2, never a traceback;
     Ctrl-C and SIGTERM into the line "interrupted" and exit 130 / 143 (planner/cli/signals.py)."""
@@ -27,6 +31,9 @@ class KvplanGroup(click.Group):
         signals.install()
         try:
             code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except _NO_ARGS_IS_HELP as exc:  # plain `kvplan`: the help, as click prints it
+            exc.show()
+            code = exc.exit_code
         except click.ClickException as exc:  # a usage error: one line, with where to find the usage
             hint = f" (see '{exc.ctx.command_path} --help')" if getattr(exc, "ctx", None) else ""
             error_line(exc.format_message() + hint)
