@@ -18,11 +18,11 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, model_validator
 from pydantic_core import PydanticCustomError
 
-from planner.models import DTYPE_BYTES
+from planner.model_config import DTYPE_BYTES, ModelRecord
+from planner.placement import ATTENTION_PLACES, STRATEGIES
 from planner.validation import Strict, validate
 
 PLAN_SCHEMA_VERSION = 1  # the number planner/plan.py writes and checks (a test keeps them equal)
-STRATEGIES = ("resident", "transfer", "recompute", "cpu-attention", "mixed")  # planner.plan.STRATEGIES
 MAX_SEQ = 10_000_000  # tokens; the bound planner/plan.py gives inputs.seq
 MAX_BATCH = 1 << 20  # sequences; the bound planner/plan.py gives decisions.batch
 FRACTION_SLACK = 1e-6  # placements sum to 1 within this
@@ -68,32 +68,6 @@ class Fractions(Section, extra="forbid"):
         return self
 
 
-class ModelSchema(Section):
-    """The architecture a plan embeds (planner.models.ModelConfig.to_dict()); the divisibility rules
-    (heads by KV heads, even rotary head_dim) are planner.models.validate_model's."""
-
-    name: Name
-    family: Name
-    hidden_size: Count
-    num_layers: Count
-    num_heads: Count
-    num_kv_heads: Count
-    head_dim: Count
-    intermediate_size: Count
-    gated_mlp: bool
-    vocab_size: Count
-    position_encoding: Name
-    dtype: Dtype
-    max_position_embeddings: Count
-    qkv_bias: bool
-    o_bias: bool
-    mlp_bias: bool
-    norm: Name
-    tie_word_embeddings: bool
-    rope_theta: float = Field(ge=0)
-    source: str
-
-
 class Decisions(Section):
     """planner.plan.Decisions: what the planner chose (docs/plan-schema.md, "decisions")."""
 
@@ -106,7 +80,7 @@ class Decisions(Section):
     kv_placement: Fractions
     x_placement: Fractions
     weight_placement: Fractions
-    attention_where: Literal["device", "cpu"]
+    attention_where: Literal[ATTENTION_PLACES]
 
     @model_validator(mode="after")
     def _block(self) -> Decisions:
@@ -242,7 +216,7 @@ class PlanSchema(Section):
     to 1; inputs.dtype and an integer inputs.batch, when given, equal the decisions'."""
 
     schema_version: Literal[PLAN_SCHEMA_VERSION]
-    model: ModelSchema
+    model: ModelRecord  # the models' own record schema (planner/model_config.py)
     inputs: Inputs
     decisions: Decisions
     hardware: Hardware | None = None
@@ -281,7 +255,7 @@ class RunPlan(Section):
     """The plan a run was made from: `kvplan execute` writes the model's name and the decisions; a
     record that embeds a whole plan has the model as an object and an "inputs" section instead."""
 
-    model: Name | ModelSchema | None = None
+    model: Name | ModelRecord | None = None
     seq: int | None = Field(default=None, ge=1, le=MAX_SEQ)
     prompt: int | None = Field(default=None, ge=1, le=MAX_SEQ)
     gen: Tokens | None = None

@@ -3,7 +3,7 @@ characters, wrong-typed, NaN and huge numbers, truncated and wrong-kind JSON fil
 output paths that are the command's own inputs. Every one must end in exit code 2, exactly one line on
 stderr ("Error: ..."), no traceback, and no file written or changed.
 
-Cases that need another part of issue 15 (model config validation, the runtime's refusals) are marked
+Cases that need another part of issue 15 (the runtime's refusals) are marked
 xfail(strict=True): they fail until that part is merged, then xpass, which fails the suite so the mark is
 removed."""
 
@@ -47,7 +47,6 @@ LLAMA_CONFIG = {"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2
                 "num_key_value_heads": 2, "intermediate_size": 128, "vocab_size": 100,
                 "max_position_embeddings": 128, "rope_theta": 10000.0, "torch_dtype": "float32"}
 
-NEEDS_MODELS = pytest.mark.xfail(strict=True, reason="needs the models helper's config.json validation")
 NEEDS_RUNTIME = pytest.mark.xfail(strict=True, reason="needs the runtime helper's refusals in kvplan execute")
 
 
@@ -254,7 +253,7 @@ CASES: list[tuple[str, list, tuple]] = [
     ("execute a run record", ["execute", run_record(decode_step_s=0.01)], ()),
     ("model config is a list", [*SOLVE[:2], lambda d: put(d, "model/config.json", [OPT_CONFIG]), *SOLVE[3:]], ()),
     # bad config.json fields
-    ("config head_dim a string", [*SOLVE[:2], config(LLAMA_CONFIG, head_dim="16"), *SOLVE[3:]], (NEEDS_MODELS,)),
+    ("config head_dim a string", [*SOLVE[:2], config(LLAMA_CONFIG, head_dim="16"), *SOLVE[3:]], ()),
     ("config rope_theta NaN", [*SOLVE[:2], lambda d: put(d, "model/config.json", json.dumps(LLAMA_CONFIG).replace(
         "10000.0", "NaN")), *SOLVE[3:]], ()),
     ("config num_hidden_layers 12.5", [*SOLVE[:2], config(OPT_CONFIG, num_hidden_layers=12.5), *SOLVE[3:]], ()),
@@ -262,19 +261,17 @@ CASES: list[tuple[str, list, tuple]] = [
     ("config vocab_size 0", [*SOLVE[:2], config(OPT_CONFIG, vocab_size=0), *SOLVE[3:]], ()),
     ("config zero heads", [*SOLVE[:2], config(LLAMA_CONFIG, num_attention_heads=0), *SOLVE[3:]], ()),
     ("config torch_dtype a list", [*SOLVE[:2], config(OPT_CONFIG, torch_dtype=["float16"]), *SOLVE[3:]],
-     (NEEDS_MODELS,)),
+     ()),
     ("config mixture of experts", [*SOLVE[:2], config(LLAMA_CONFIG, num_local_experts=8), *SOLVE[3:]], ()),
     ("config unknown model_type", [*SOLVE[:2], config(LLAMA_CONFIG, model_type="gpt-neox"), *SOLVE[3:]], ()),
     ("config hidden_size 10^30", [*SOLVE[:2], config(OPT_CONFIG, hidden_size=10**30), *SOLVE[3:]], ()),
-    ("execute a gemma2-family plan", ["execute", plan_with(model__family="gemma2"), "--steps", "1"],
-     (NEEDS_RUNTIME,)),
+    ("execute a gemma2-family plan", ["execute", plan_with(model__family="gemma2"), "--steps", "1"], ()),
     ("profile memory a string", [*SOLVE[:5], "--profile", profile_with(memory_bytes="16GB")], ()),
     ("profile memory negative", [*SOLVE[:5], "--profile", profile_with(memory_bytes=-1)], ()),
     ("profile memory true", [*SOLVE[:5], "--profile", profile_with(memory_bytes=True)], ()),
     ("profile memory 10^40 bytes", [*SOLVE[:5], "--profile", profile_with(memory_bytes=10**40)], ()),
     ("profile peak a string", [*SOLVE[:5], "--profile", profile_with(peak_tflops={"float16": "65"})], ()),
-    ("execute alibi positions", ["execute", plan_with(model__position_encoding="alibi"), "--steps", "1"],
-     (NEEDS_RUNTIME,)),
+    ("execute alibi positions", ["execute", plan_with(model__position_encoding="alibi"), "--steps", "1"], ()),
     # output paths that are inputs, empty output names
     ("solve -o the profile", [*SOLVE[:5], "--profile", profile, "-o", lambda d: str(d / "P.json")], ()),
     ("solve -o a symlink to the profile", [*SOLVE[:5], "--profile", profile, "-o", symlink_to(profile, "L.json")],
@@ -381,7 +378,6 @@ def test_missing_output_folder_is_not_made_for_a_refused_output(tmp_path, monkey
     assert (tmp_path / "P.json").read_text() == T4.read_text()
 
 
-@NEEDS_MODELS
 def test_config_without_kv_heads_is_multi_head_attention(tmp_path, monkeypatch):
     """transformers reads an absent or null num_key_value_heads as num_attention_heads (MHA): so do we."""
     monkeypatch.chdir(tmp_path)

@@ -13,7 +13,7 @@ from planner import plan as plan_module
 from planner.cli import main
 from planner.errors import KvplanError
 from planner.jsonio import dumps_canonical
-from planner.schemas import PLAN_SCHEMA_VERSION, STRATEGIES, check_plan, check_run_record, json_schema
+from planner.schemas import PLAN_SCHEMA_VERSION, check_plan, check_run_record, json_schema
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((ROOT / "plans").glob("*.json"))
@@ -33,9 +33,8 @@ def test_schema_command_prints_the_schema(run_cli):
     assert schema["$defs"]["Fractions"]["additionalProperties"] is False
 
 
-def test_schema_constants_are_the_plans():
+def test_schema_version_is_the_plans():
     assert PLAN_SCHEMA_VERSION == plan_module.PLAN_SCHEMA_VERSION
-    assert STRATEGIES == plan_module.STRATEGIES
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
@@ -71,9 +70,8 @@ def test_plan_rules(change, needle):
 
 def test_unknown_fields_are_kept_for_newer_writers():
     data = _plan()
-    data["model"]["sliding_window"] = 4096
     data["decisions"]["note"] = "added by a newer kvplan"
-    assert check_plan(data, "x").model.model_extra == {"sliding_window": 4096}
+    assert check_plan(data, "x").decisions.model_extra == {"note": "added by a newer kvplan"}
 
 
 def test_run_record_rules():
