@@ -337,7 +337,12 @@ class RunRecordSchema(Section):
 
 
 def check_plan(data: Any, origin: str) -> PlanSchema:
-    """`data` checked against the plan schema; a one-line KvplanError naming the field otherwise."""
+    """`data` checked against the plan schema; a one-line KvplanError naming the field otherwise. A bad
+    model section is reported in the models' own words ("plan X: model field family: ..."), as
+    planner.models.model_from_record says it."""
+    if isinstance(data, dict) and data.get("schema_version") == PLAN_SCHEMA_VERSION and isinstance(
+            data.get("model"), dict):
+        validate(ModelRecord, data["model"], f"plan {origin}", "model")
     return validate(PlanSchema, data, origin, "plan")
 
 

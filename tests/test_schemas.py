@@ -47,8 +47,8 @@ def _plan() -> dict:
 
 
 @pytest.mark.parametrize("change, needle", [
-    (lambda p: p["model"].update(hidden_size="768"), "model.hidden_size: Input should be a valid integer (got '768')"),
-    (lambda p: p["model"].update(num_layers=12.5), "model.num_layers"),
+    (lambda p: p["model"].update(hidden_size="768"), "model field hidden_size: Input should be a valid integer (got '768')"),
+    (lambda p: p["model"].update(num_layers=12.5), "model field num_layers"),
     (lambda p: p["decisions"].update(split_tokens=p["inputs"]["seq"] + 1), "exceeds inputs.seq"),
     (lambda p: p["decisions"].update(num_gpu_batches=3), "x num_gpu_batches 3 != batch"),
     (lambda p: p["inputs"].update(gen=p["inputs"]["seq"]), "exceeds seq"),
@@ -63,7 +63,7 @@ def _plan() -> dict:
 def test_plan_rules(change, needle):
     data = _plan()
     change(data)
-    with pytest.raises(KvplanError, match="^x.json: ") as err:
+    with pytest.raises(KvplanError, match="x.json: ") as err:
         check_plan(data, "x.json")
     assert needle in str(err.value)
 
