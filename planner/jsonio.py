@@ -81,9 +81,13 @@ def read_json(path: str | Path, what: str) -> Any:
     if not text.strip():
         raise KvplanError(f"{what} file {path} is empty")
     try:
-        return json.loads(text)
+        return json.loads(text)  # NaN and Infinity parse: each file's schema refuses them naming the field
     except json.JSONDecodeError as exc:
         hint = "" if text.rstrip().endswith(("}", "]")) else " (truncated?)"
         raise KvplanError(
             f"{what} file {path} is not valid JSON{hint}: {exc.msg} at line {exc.lineno} column {exc.colno}"
         ) from exc
+    except RecursionError:
+        raise KvplanError(f"{what} file {path} is nested too deeply to be a {what}") from None
+    except ValueError as exc:  # e.g. an integer of more than 4,300 digits
+        raise KvplanError(f"{what} file {path} is not usable JSON: {exc}") from None

@@ -26,6 +26,7 @@ from planner.errors import KvplanError
 from planner.jsonio import read_json, write_json_atomic
 from planner.models import DTYPE_BYTES, ModelConfig, model_from_record
 from planner.placement import ATTENTION_PLACES, STRATEGIES, TIERS
+from planner.schemas import check_plan
 
 PLAN_SCHEMA_VERSION = 1
 
@@ -112,6 +113,7 @@ class Plan:
 
 def plan_from_dict(data: Any, origin: str = "<plan>") -> Plan:
     """Validate a plan object; every problem is one KvplanError naming the field."""
+    check_plan(data, origin)  # types, ranges, cross-field rules (planner/schemas.py)
     if not isinstance(data, dict):
         raise KvplanError(f"plan {origin}: expected a JSON object")
     version = data.get("schema_version")

@@ -29,9 +29,16 @@ def validate(schema: type[M], data: Any, origin: str, what: str) -> M:
     try:
         return schema.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        msg = err.get("msg", "invalid")
-        value = err.get("input")
-        shown = "" if isinstance(value, (dict, list)) else f" (got {escape_name(repr(value))[:60]})"
-        raise KvplanError(f"{escape_name(origin)}: {what} field {field_path(err.get('loc', ()))}: {msg}{shown}") \
-            from None
+        raise KvplanError(f"{escape_name(origin)}: {describe(exc.errors()[0], what)}") from None
+
+
+def describe(err: Any, what: str) -> str:
+    """One pydantic error as words: "plan field inputs.seq: Input should be ... (got '8')", or a schema's
+    own rule (a PydanticCustomError of type "kvplan") as its message after the section it came from."""
+    loc = tuple(err.get("loc", ()))
+    msg = escape_name(err.get("msg", "invalid"))
+    if err.get("type") == "kvplan":  # a schema's own rule: its message names the fields
+        return f"{what} {field_path(loc)}: {msg}" if loc else f"{what}: {msg}"
+    value = err.get("input")
+    shown = "" if isinstance(value, (dict, list)) else f" (got {escape_name(repr(value))[:60]})"
+    return f"{what} field {field_path(loc)}: {msg}{shown}"

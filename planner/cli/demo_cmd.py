@@ -10,6 +10,7 @@ import click
 
 from planner.cli import execute_cmd, profile_cmd, solve_cmd
 from planner.cli.hardware import HardwareArgs, hardware_options
+from planner.cli.output import OutputPath, check_outputs
 from planner.errors import KvplanError
 from planner.jsonio import write_json_atomic
 from planner.profile import find_local_profile, load_profile
@@ -28,7 +29,7 @@ from planner.profile import find_local_profile, load_profile
               help="Profile to plan with (default: this machine's; measured with --quick if there is none).")
 @click.option("--disk-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder for the KV cache on disk (default: the system temp folder).")
-@click.option("-o", "--out-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("-o", "--out-dir", type=OutputPath(file_okay=False, path_type=Path), default=None,
               help="Run folder (default: runs/demo-<model>-s<seq>).")
 @hardware_options
 @click.pass_context
@@ -51,6 +52,8 @@ def command(ctx: click.Context, model: str, seq: int, gen: int, batch: str, devi
             profile_path = find_local_profile()
             if profile_path is None:
                 raise KvplanError("kvplan profile did not leave a profile under profiles/")
+    check_outputs([out_dir / name for name in ("config.json", "plan.json", "run.json")],
+                  [profile_path, model, hardware.host, hardware.storage])
     click.echo(f"== profile: {profile_path}")
     hardware.compose(load_profile(profile_path))  # parts that do not fit this profile: refused before writing
     config = {

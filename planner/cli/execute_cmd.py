@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from planner.cli.output import echo_json, print_table
+from planner.cli.output import OutputPath, check_outputs, echo_json, print_table
 from planner.jsonio import write_json_atomic
 from planner.plan import load_plan
 
@@ -39,7 +39,7 @@ def _fmt(v, unit: str) -> str:
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--threads", type=int, default=None, help="torch threads for the compute (default: torch's choice).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights and tokens.")
-@click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--out", "out_path", type=OutputPath(dir_okay=False, path_type=Path), default=None,
               help="Write the full run record (JSON) here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run record as JSON instead of tables.")
 def command(plan_file: Path, steps, layers, disk_dir, weights_dir, profile_path, fill, device, threads, seed,
@@ -47,6 +47,7 @@ def command(plan_file: Path, steps, layers, disk_dir, weights_dir, profile_path,
     """Run a plan for real and report measured vs predicted time per resource."""
     from runtime.run import RunOptions, execute_plan  # torch is imported only when a run is asked for
 
+    check_outputs([out_path], [plan_file, profile_path, weights_dir], "--out")
     plan = load_plan(plan_file)
     record = execute_plan(plan, RunOptions(steps=steps, layers=layers, disk_dir=disk_dir, weights_dir=weights_dir,
                                            profile_path=profile_path, fill=fill, device=device, seed=seed,

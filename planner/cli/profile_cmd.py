@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from planner.cli.output import echo_json, human_bytes, print_table
+from planner.cli.output import OutputPath, echo_json, human_bytes, print_table
 from planner.costmodel import fitted
 from planner.jsonio import write_json_atomic
 
@@ -18,7 +18,7 @@ from planner.jsonio import write_json_atomic
 @click.option("--smoke", is_flag=True, hidden=True, help="A seconds-long profile for tests and CI.")
 @click.option("--disk-dir", type=click.Path(path_type=Path), default=None,
               help="Folder where the KV cache will live on disk (default: <temp dir>/kvplan-kvcache).")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("-o", "--output", type=OutputPath(dir_okay=False, path_type=Path), default=None,
               help="Where to write the profile (default: profiles/local-<host>-<device>.json).")
 @click.option("--cpu", "force_cpu", is_flag=True, help="Profile the CPU even when a GPU is present.")
 @click.option("--parts", "parts_text", default="device,host,storage", show_default=True, metavar="PARTS",

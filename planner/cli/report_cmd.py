@@ -9,7 +9,7 @@ import time
 import click
 
 from planner.cli.hardware import HardwareArgs, hardware_options
-from planner.cli.output import echo_json, print_table
+from planner.cli.output import OutputPath, check_output_folder, echo_json, print_table
 from planner.errors import KvplanError
 from planner.profile import profile_from_dict
 from planner.report.runs import load_runs
@@ -53,7 +53,7 @@ MULTI = dict(multiple=True, metavar="A,B,...")
 @click.option("--dask", "dask_address", metavar="ADDRESS", default=None,
               help="Solve on an existing Dask cluster (scheduler address, e.g. tcp://host:8786).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar on stderr (default: when a terminal).")
-@click.option("--out", "-o", "out_dir", required=True, type=click.Path(file_okay=False), help="Report folder.")
+@click.option("--out", "-o", "out_dir", required=True, type=OutputPath(file_okay=False), help="Report folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON instead of a table.")
 @hardware_options
 def command(
@@ -63,6 +63,8 @@ def command(
     as_json: bool, hardware: HardwareArgs,
 ) -> None:
     """Capacity planning across models, GPUs and contexts: solve a whole grid and write a report."""
+    check_output_folder(out_dir, [*(m for spec in models for m in spec.split(",")), *profiles, *runs, hardware.host,
+                                  hardware.storage])
     model_list = resolve_models(models)
     gpu_list = [_with_parts(g, hardware) for g in resolve_gpus(gpus, profiles)]
     if not seqs:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 from pathlib import Path
@@ -9,14 +10,16 @@ from pathlib import Path
 import click
 
 from planner.cli.hardware import HardwareArgs, hardware_options
-from planner.cli.output import echo_json
+from planner.cli.output import OutputPath, check_outputs, echo_json
 from planner.errors import KvplanError
 from planner.hardware import check_request_fits, provenance_line
+from planner.jsonio import dumps_canonical, read_json
 from planner.models import load_model
 from planner.plan import save_plan
 from planner.profile import find_local_profile, load_profile
 from planner.search import SolveRequest, solve
 from planner.search.request import DEFAULT_MAX_BATCH, MAX_BATCH, REQUEST_STRATEGIES
+from planner.units import escape_name
 
 _SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1e9, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9, "t": 1e12, "tb": 1e12,
@@ -69,6 +72,39 @@ def default_plan_path(plan: dict) -> Path:
     return Path("plans") / (re.sub(r"[^A-Za-z0-9._-]+", "_", name) + ".json")
 
 
+def request_key(plan: dict) -> str:
+    """What a plan answers: the request (inputs), the model's architecture and the profile's hash."""
+    hardware = plan.get("hardware") if isinstance(plan.get("hardware"), dict) else {}
+    request = {"inputs": plan.get("inputs"), "model": plan.get("model"), "profile_hash": hardware.get("profile_hash")}
+    return hashlib.sha256(dumps_canonical(request).encode()).hexdigest()[:10]
+
+
+def _request_in(path: Path) -> str | None:
+    """The request key of the plan already at `path`; None when there is no file; "?" when it is no plan."""
+    if not path.exists():
+        return None
+    try:
+        data = read_json(path, "plan")
+    except KvplanError:
+        return "?"
+    return request_key(data) if isinstance(data, dict) else "?"
+
+
+def choose_plan_path(plan: dict) -> Path:
+    """The default plan path, unless a file there holds a plan for a different request (the name leaves
+    out e.g. the memory caps and dtype): then the name gets the request's key, and a note says so."""
+    path = default_plan_path(plan)
+    key = request_key(plan)
+    if _request_in(path) in (None, key):
+        return path
+    alt = path.with_name(f"{path.stem}-{key}.json")
+    if _request_in(alt) not in (None, key):
+        raise KvplanError(f"{alt} exists and holds another plan; pass -o FILE")
+    click.echo(f"note: {escape_name(path)} holds a plan for a different request; writing {escape_name(alt)}",
+               err=True)
+    return alt
+
+
 def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{round(x, 1) + 0.0:+.1f}%"  # + 0.0: no "-0.0%"
 
@@ -88,7 +124,7 @@ def summary_lines(plan: dict) -> list[str]:
     d, p = plan["decisions"], plan["prediction"]
     seq = plan["inputs"]["seq"]
     lines = [
-        f"{plan['inputs']['model']} on {plan['hardware']['profile_name']}: seq {seq} (prompt "
+        f"{escape_name(plan['inputs']['model'])} on {escape_name(plan['hardware']['profile_name'])}: seq {seq} (prompt "
         f"{plan['inputs']['prompt']} + gen {plan['inputs']['gen']}), {d['dtype']}, objective "
         f"{plan['inputs']['objective']}",
         f"  strategy {d['strategy']}: batch {d['batch']} = {d['num_gpu_batches']} x {d['gpu_batch']}, split "
@@ -136,8 +172,9 @@ def _tiers(frac: dict[str, float]) -> str:
 @click.option("--gpu-mem", "gpu_mem", default=None, help="Cap on device memory, e.g. 24GB.")
 @click.option("--cpu-mem", "cpu_mem", default=None, help="Cap on host memory, e.g. 64GB.")
 @click.option("--disk", "disk", default=None, help="Cap on disk space, e.g. 500GB.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
-              help="Plan file (default: plans/<model>-<hardware>-s<seq>-g<gen>-b<batch>.json).")
+@click.option("-o", "--output", type=OutputPath(dir_okay=False), default=None,
+              help="Plan file (default: plans/<model>-<hardware>-s<seq>-g<gen>-b<batch>.json; if that file holds "
+              "a plan for another request, the name gets the request's key).")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan JSON on stdout (the file is written too).")
 @hardware_options
 def command(model_name: str, seq: int, gen: int | None, prompt: int | None, batch_text: str, max_batch: int,
@@ -146,6 +183,7 @@ def command(model_name: str, seq: int, gen: int | None, prompt: int | None, batc
             cpu_mem: str | None, disk: str | None, output: str | None, as_json: bool,
             hardware: HardwareArgs) -> None:
     """Solve for the best execution plan of MODEL at context SEQ and write it as JSON."""
+    check_outputs([output], [profile_path, model_name, hardware.host, hardware.storage])
     if seq <= 0:
         raise KvplanError(f"--seq must be a positive number of tokens, got {seq}")
     if gen is None:
@@ -165,17 +203,18 @@ def command(model_name: str, seq: int, gen: int | None, prompt: int | None, batc
     plan = solve(request, profile)
     solve_s = time.perf_counter() - start
     for warning in plan["warnings"]:
-        click.echo(f"Warning: {warning}", err=True)
-    path = Path(output) if output else default_plan_path(plan)
+        click.echo(f"Warning: {escape_name(warning)}", err=True)
+    path = Path(output) if output is not None else choose_plan_path(plan)
+    check_outputs([path], [profile_path, model_name, hardware.host, hardware.storage])
     save_plan(path, plan)
     assumed = provenance_line(plan["hardware"])
     if as_json:
         echo_json(plan)
         if assumed:
             click.echo(assumed, err=True)
-        click.echo(f"wrote {path} (solved in {solve_s * 1e3:.0f} ms)", err=True)
+        click.echo(f"wrote {escape_name(path)} (solved in {solve_s * 1e3:.0f} ms)", err=True)
         return
     for line in summary_lines(plan) + ([f"  {assumed}"] if assumed else []):
         click.echo(line)
-    click.echo(f"wrote {path} (solver {plan['solver']['name']} {plan['solver']['status']}, "
+    click.echo(f"wrote {escape_name(path)} (solver {plan['solver']['name']} {plan['solver']['status']}, "
                f"{solve_s * 1e3:.0f} ms with the 4 pinned baselines)")

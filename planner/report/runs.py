@@ -15,6 +15,7 @@ from typing import Any
 
 from planner.errors import KvplanError
 from planner.jsonio import read_json
+from planner.schemas import check_run_record
 
 # Compared when both sides have them; the first is the headline of the figure.
 METRICS = (
@@ -51,6 +52,7 @@ def _first_dict(*candidates: Any) -> dict[str, Any]:
 
 
 def run_record_from_dict(data: Any, source: str) -> RunRecord:
+    check_run_record(data, source)  # types and ranges of every field it has (planner/schemas.py)
     if not isinstance(data, dict):
         raise KvplanError(f"run record {source}: expected a JSON object (the output of 'kvplan execute --out')")
     plan = data.get("plan") if isinstance(data.get("plan"), dict) else {}

@@ -1,0 +1,5 @@
+"""`python -m planner.cli ...` is `kvplan ...`."""
+
+from planner.cli import main
+
+main(prog_name="kvplan")
