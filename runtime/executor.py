@@ -33,6 +33,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from functools import partial
@@ -334,10 +335,11 @@ class Executor:
 
     # -- decode ----------------------------------------------------------------------------------
     def decode(self, start: int, tokens: torch.Tensor, steps: int, forced: torch.Tensor | None = None,
-               keep_logits: bool = False) -> list[torch.Tensor]:
+               keep_logits: bool = False, on_step: Callable[[int, float], None] | None = None) -> list[torch.Tensor]:
         """`steps` decode steps; the first new token (ids `tokens`, [batch]) sits at position `start`.
         With `forced` ([batch, steps-1]) the next inputs are taken from it (teacher forcing), else greedy.
-        Returns each step's logits [batch, vocab] if keep_logits."""
+        Returns each step's logits [batch, vocab] if keep_logits; `on_step(step, wall seconds)` is
+        called after each step (progress)."""
         if start + steps > self.s.seq:
             raise KvplanError(f"{steps} steps from position {start} run past the plan's seq {self.s.seq}")
         out = []
@@ -367,6 +369,8 @@ class Executor:
             self.next_tokens = ids  # the inputs of the step after the last one run
             if keep_logits:
                 out.append(logits.cpu())
+            if on_step is not None:
+                on_step(step, time.perf_counter() - step_start)
         self.links.finish_writes()
         return out
 
