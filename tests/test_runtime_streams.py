@@ -41,6 +41,15 @@ SEQ = PROMPT + STEPS
 ATOL = 2e-4
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny ops: one intra-op thread (on a loaded machine, more threads only wait for each other)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _extent(t: torch.Tensor) -> tuple[int, int]:
     if t.numel() == 0:
         return 0, 0
@@ -71,7 +80,7 @@ class FakeStreams(Streams):
 
     separate_host = True
 
-    def __init__(self, copy_delay_s: float = 0.0):
+    def __init__(self):
         super().__init__(torch.device("cpu"))
         self.lock = threading.RLock()
         self.local = threading.local()
@@ -83,7 +92,6 @@ class FakeStreams(Streams):
         self.accesses: list[tuple[str, int, int, int]] = []  # (stream, position, lo, hi)
         self.violations: list[str] = []
         self.keep: list[torch.Tensor] = []  # device allocations are never reused (the allocator's record_stream)
-        self.copy_delay_s = copy_delay_s
 
     def _current(self) -> str:
         return getattr(self.local, "stream", "compute")
@@ -108,16 +116,19 @@ class FakeStreams(Streams):
             self.queue[name].append(op)
             self.copies.append(op)
 
-    def _run(self, name: str, upto: int) -> None:
+    def _execute(self, name: str, upto: int) -> None:
+        """Run the deferred copies of stream `name` up to op `upto` (the data must be there before
+        anything ordered after them runs, and the fake runs everything else at once)."""
         if name == "compute":
-            self.done[name] = max(self.done[name], upto)
             return
         while self.queue[name] and self.queue[name][0].index <= upto:
             op = self.queue[name].pop(0)
-            if self.copy_delay_s:
-                time.sleep(self.copy_delay_s)
             op.dst.copy_(op.src)
             op.done_s = time.perf_counter()
+
+    def _complete(self, name: str, upto: int) -> None:
+        """The host waited: ops up to `upto` of stream `name` are done for everyone."""
+        self._execute(name, upto)
         self.done[name] = max(self.done[name], upto)
 
     def record(self, name: str) -> FakeEvent:
@@ -128,19 +139,19 @@ class FakeStreams(Streams):
         if event is None:
             return
         with self.lock:
-            # the waiting stream's later ops run after the event's: run those now
-            self._run(event.stream, event.upto)
+            # the waiting stream's later ops run after the event's (ordered for that stream only)
+            self._execute(event.stream, event.upto)
             w = self.waited[name]
             w[event.stream] = max(w.get(event.stream, 0), event.upto)
 
     def sync(self, event) -> None:
         if event is not None:
             with self.lock:
-                self._run(event.stream, event.upto)
+                self._complete(event.stream, event.upto)
 
     def sync_stream(self, name: str) -> None:
         with self.lock:
-            self._run(name, self.issued[name])
+            self._complete(name, self.issued[name])
 
     def _ordered(self, stream: str, position: int, later: str) -> bool:
         if stream == later or stream == "host":
@@ -235,17 +246,8 @@ def test_copies_are_ordered_by_events_and_timed_to_completion(name, tmp_path):
         assert "h2d" in busy
     if dec.kv_placement["disk"] or dec.x_placement["disk"]:
         assert {"disk_read", "disk_write"} <= busy
-
-
-def test_staging_buffers_wait_for_their_copies(tmp_path):
-    """With slow copies the disk worker runs ahead of the h2d worker: it must still not refill a
-    staging slot whose copy to the device has not run."""
-    fake = FakeStreams(copy_delay_s=0.002)
-    _, ex = _run(TINY_OPT, _decisions(0, DISK, DISK, DISK, ngb=4), tmp_path, fake)
-    assert fake.violations == [], fake.violations[:3]
-    _check_link_intervals(fake, ex)
-    disk_then_h2d = [iv for iv in ex.rec.intervals if iv.resource == "h2d" and iv.layer >= 0]
-    assert disk_then_h2d, "disk pieces bound for the device were not charged to h2d"
+        if dec.attention_where == "device":  # disk -> pinned staging -> device: charged to h2d too
+            assert "h2d" in busy
 
 
 def test_a_staging_slot_is_refilled_only_after_its_copy(tmp_path):
