@@ -41,7 +41,6 @@ def split_range(lo: int, hi: int, fractions: dict[str, float]) -> list[Span]:
     (planner/placement.position_spans, the cut the planner predicts with). Empty pieces are left out."""
     return [Span(tier, a, b) for tier, (a, b) in position_spans(lo, hi, fractions).items() if b > a]
 
-
 @dataclass(frozen=True)
 class Piece:
     """Positions [lo, hi) of one tier's span."""
