@@ -211,6 +211,7 @@ class Executor:
     fake to check the ordering (tests/test_runtime_streams.py)."""
 
     def __init__(self, s: Setup, streams: Streams | None = None):
+        M.check_runnable(s.model, s.seq)  # before anything is allocated
         if s.layers < 1 or s.layers > s.model.num_layers:
             raise KvplanError(f"--layers must be in [1, {s.model.num_layers}], got {s.layers}")
         if s.device == "cuda" and not torch.cuda.is_available():
