@@ -4,8 +4,11 @@ all solved with this machine's profile and run by `kvplan execute`'s runtime.
     python benchmarks/gap_over_plans.py [--layers 2 --steps 3 --repeats 3 --threads N]
 
 Prints a markdown table (per plan: predicted and measured step, gap, the bound the planner expected
-and the busiest measured resource) and the median absolute gap; saves docs/gap_over_plans.json.
-Target (issue #5): median |gap| <= 10%.
+and the busiest measured resource), the median and 95th percentile of the absolute gap and the
+overlap efficiency (plan's lower bound / measured step) of the disk-bound plans; saves
+docs/gap_over_plans.json. Targets (issue 13, on an idle machine): median |gap| <= 5%, p95 <= 15%,
+overlap efficiency >= 0.9 on disk-bound plans. Runs whose record carries warnings (load, contention)
+are flagged.
 """
 
 from __future__ import annotations
@@ -37,6 +40,11 @@ CASES = [
     ("tinyllama-1.1b", 1024, 16, 4, "resident", None),
     ("tinyllama-1.1b", 2048, 16, 8, "transfer", 5 * GB),
     ("tinyllama-1.1b", 2048, 16, 8, "auto", 5 * GB),
+    # streamed weights, GQA, several GPU batches (issue 13's case: with a CPU profile of this kind of
+    # machine, 86% of the weights and 77% of the K,V on disk, 8 GPU batches of 1)
+    ("tinyllama-1.1b", 2048, 32, 8, "auto", 2 * GB),
+    ("tinyllama-1.1b", 2048, 32, 8, "transfer", 2 * GB),
+    ("tinyllama-1.1b", 2048, 32, 16, "auto", 2 * GB),
 ]
 
 
@@ -88,6 +96,8 @@ def main() -> int:
             "load": rec["run"]["load_average_1min"], "threads": rec["run"]["torch_threads"],
             "compute_thread_cpu_s": meas["per_layer_compute_thread_cpu_s"],
             "layer_over_busiest": meas["overlap"]["step_over_busiest_resource"],
+            "step_over_lower_bound": meas["overlap"]["step_over_plan_lower_bound"],
+            "warnings": rec["run"].get("warnings", []),
         }
         rows.append(row)
         print(f"  #{k} {name} s={seq} b={batch} {strategy}->{d['strategy']} l={d['split_tokens']}: predicted "
@@ -110,8 +120,18 @@ def main() -> int:
               f"| {1e3 * pb['disk_read']:.1f} / {1e3 * mb['disk_read']:.1f} |")
     gaps = [abs(r["gap_pct"]) for r in rows]
     med = statistics.median(gaps)
+    p95 = statistics.quantiles(gaps, n=20, method="inclusive")[-1] if len(gaps) >= 2 else gaps[0]
     print()
-    print(f"median |gap| = {med:.1f}% over {len(rows)} plans -> {'PASS' if med <= 10 else 'FAIL'} (target <= 10%)")
+    print(f"median |gap| = {med:.1f}% over {len(rows)} plans -> {'PASS' if med <= 5 else 'FAIL'} (target <= 5%); "
+          f"p95 |gap| = {p95:.1f}% -> {'PASS' if p95 <= 15 else 'FAIL'} (target <= 15%)")
+    disk_bound = [r for r in rows if r["measured_busiest"].startswith("disk") and r["step_over_lower_bound"]]
+    if disk_bound:
+        eff = [1 / r["step_over_lower_bound"] for r in disk_bound]
+        print(f"overlap efficiency (lower bound / measured step) on {len(eff)} disk-bound plans: min "
+              f"{min(eff):.2f}, median {statistics.median(eff):.2f} (target >= 0.9)")
+    contended = [r["case"] for r in rows if r["warnings"]]
+    if contended:
+        print(f"warning: runs of cases {', '.join(map(str, contended))} reported contention: not evidence")
     # where the gap comes from: overlap (layer time / busiest measured resource), the compute thread's
     # CPU time against the predicted compute, its CPU share, and the disk against its prediction
     comp = [r["compute_thread_cpu_s"] / r["predicted_busy_s"]["compute"] for r in rows
@@ -128,7 +148,7 @@ def main() -> int:
     print(load_note())
     write_json_atomic(args.out, {"profile": profile.name, "layers": args.layers, "steps": args.steps,
                                  "repeats": args.repeats,
-                                 "rows": rows, "median_abs_gap_pct": med})
+                                 "rows": rows, "median_abs_gap_pct": med, "p95_abs_gap_pct": p95})
     print(f"wrote {args.out}")
     return 0
 

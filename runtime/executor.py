@@ -1,21 +1,31 @@
 """The decode loop: runs a plan's decisions for real on this machine.
 
-Per decode step (new token at position t, split l = decisions.split_tokens, fixed for the run) and per
-layer, for each GPU batch:
-  1. the layer's weights arrive (resident, or streamed from host / disk when the plan says so);
-  2. X[0:min(l, t)] crosses the link first, then K,V[l:t] streams in (one I/O worker per link, in
-     that order), while the compute thread projects the new token (input norm -> X_new -> q, k, v);
-  3. as soon as X is in, K,V[0:min(l, t)] are recomputed from it (RoPE at positions 0..), overlapping
-     the K,V stream; attention runs over [recomputed | streamed | new token];
-  4. the new token is written back where its position belongs: X_new if t < l (the recompute range),
-     else its K,V, on the tier that holds position t. l never moves, so a plan with l >= seq stores
-     only X and recomputes everything, and l = 0 is plain K,V offloading (FlexGen).
-While layer i computes, the reads of layer i+1 (and across the step boundary, layer 0 of the next
-step) are already queued: double buffering, so the link never waits for the compute thread.
+A decode step puts the new token at position `pos`; the split `split` (= decisions.split_tokens, fixed
+for the run) says which positions are stored as X (recomputed into K,V each step) and which as K,V.
+Per step, each run layer goes
 
-On a GPU the I/O workers issue copies on a separate CUDA stream and wait for them, the compute thread
-works on the default stream; on the CPU the workers are threads (file reads and torch ops release the
-GIL), so disk transfer and compute really overlap.
+    prefetch(next layer)  ->  compute(layer)  ->  write back(layer)
+
+- prefetch (`_prefetch`, a `LayerReads`): the layer's weights (resident, or streamed from host /
+  disk), then for each GPU batch its X[0:min(split, pos)] and where its K,V[split:pos] come from (a
+  `KvSource`: `InPlace` for resident K,V, else `Gathered` into a buffer that the link reads fill),
+  all queued on the links' workers (runtime/links.py) so they run while the layer before computes;
+- compute (`_compute_layer`): the new token of all rows projected at once (norm -> X_new -> q, k, v:
+  the layer's weights are read once per step however many GPU batches there are), then per GPU batch
+  K,V[0:split] recomputed from X as soon as X is in (RoPE at positions 0..), overlapping the K,V
+  stream, and attention over [recomputed | streamed | new token]; then the output projection and MLP;
+- write back (`_write_back`): the new token's X if pos < split, else its K,V, to the tier that holds
+  position pos. The split never moves, so split >= seq stores only X and split = 0 is plain K,V
+  offloading (FlexGen).
+
+The next layer's reads are queued before this layer computes (double buffering: two gather buffers
+per GPU batch, alternating), except when they must see this layer's write-back (the same run layer
+again: a one-layer model's next step). With `--layers K` the K stored layers are cycled through the
+model's L run layers (`_stored`).
+
+On a GPU the copies run on copy streams with events between them and the compute stream
+(runtime/streams.py); on a CPU the workers are threads (file reads and torch ops release the GIL),
+so disk transfer and compute really overlap.
 """
 
 from __future__ import annotations
@@ -23,9 +33,12 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -35,10 +48,12 @@ from planner.models import ModelConfig
 from planner.placement import layer_counts, piece_spans
 from planner.plan import Decisions
 from runtime import model as M
+from runtime.links import Links, Tag, landed
 from runtime.measure import Recorder
-from runtime.tiers import GatherBuffer, TokenStore, WeightStore, align_up, flat_layout
+from runtime.streams import Streams, streams_for
+from runtime.tiers import GatherBuffer, Piece, Span, TokenStore, WeightStore, align_up, flat_layout
 
-LINKS = ("disk", "h2d")
+Weights = dict[str, torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -46,13 +61,13 @@ class Setup:
     model: ModelConfig
     decisions: Decisions
     seq: int  # positions the stores hold: [0, seq)
-    layers: int  # decoder layers actually run (--layers K)
+    layers: int  # decoder layers actually stored (--layers K)
     device: str = "cpu"  # "cpu" or "cuda"
     disk_dir: Path | None = None
     seed: int = 0
     weights_dir: Path | None = None
     # timing runs of deep models on small machines: run this many layers per decode step, cycling
-    # through the `layers` stored ones (layer v uses weights and caches of layer v % layers); the
+    # through the `layers` stored ones (run layer v uses weights and caches of layer v % layers); the
     # I/O and compute of every layer are real, the logits are not those of any model
     virtual_layers: int | None = None
 
@@ -136,10 +151,66 @@ def check_fits(s: Setup) -> dict[str, int]:
     return need
 
 
-class Executor:
-    """Holds the model's weights and caches on their tiers and runs prefill and decode steps."""
+@dataclass(frozen=True)
+class InPlace:
+    """Resident K,V read where they are kept: nothing recomputed and one piece, next to attention,
+    holding positions [0, pos] — the new token is appended to it first, then attention reads it."""
+    span: Span
 
-    def __init__(self, s: Setup):
+
+@dataclass(frozen=True)
+class Gathered:
+    """K,V assembled in a gather buffer, row p = position p: rows [0, split) recomputed from X, the
+    pieces across a link read into their rows by the workers (`streamed`), the pieces next to
+    attention (`local`) copied in by the compute thread, the new token last. `host_write`: a
+    write-back into a local host region that must land before that region is read."""
+    buf: GatherBuffer
+    local: list[Piece]
+    streamed: list[Future]
+    host_write: Future | None = None
+
+
+KvSource = InPlace | Gathered
+
+
+@dataclass(frozen=True)
+class BatchReads:
+    """One GPU batch's reads for a layer: X[0:min(split, pos)] as token-major parts [tokens, gpu_batch,
+    hidden] in position order (tensors read in place, or futures), and where its K,V come from."""
+    x_parts: list[torch.Tensor | Future]
+    kv: KvSource
+
+
+@dataclass(frozen=True)
+class LayerReads:
+    """Everything run layer `layer` of step `step` reads; the step's new token sits at `pos`."""
+    step: int
+    layer: int
+    pos: int
+    weights: Weights | Future
+    batches: list[BatchReads]
+
+    @property
+    def tag(self) -> Tag:
+        return Tag(self.step, self.layer)
+
+
+@dataclass(frozen=True)
+class NewToken:
+    """The new token's X ([batch, 1, hidden]) and K,V ([batch, 1, 2*kv_dim]) of a layer, both made
+    once the compute event `made` is reached; `in_place[j]`: GPU batch j's K,V already appended."""
+    x: torch.Tensor
+    kv: torch.Tensor
+    made: Any
+    in_place: list[bool]
+
+
+class Executor:
+    """Holds the model's weights and caches on their tiers and runs prefill and decode steps.
+    `streams` (default: CUDA streams on a GPU, none on a CPU) is where copies run; a test passes a
+    fake to check the ordering (tests/test_runtime_streams.py)."""
+
+    def __init__(self, s: Setup, streams: Streams | None = None):
         M.check_runnable(s.model, s.seq)  # before anything is allocated
         if s.layers < 1 or s.layers > s.model.num_layers:
             raise KvplanError(f"--layers must be in [1, {s.model.num_layers}], got {s.layers}")
@@ -147,47 +218,64 @@ class Executor:
             raise KvplanError("the run asks for CUDA but torch sees no GPU")
         self.s, self.m, self.d = s, s.model, s.decisions
         self.dev = torch.device(s.device)
+        self.io = streams or streams_for(self.dev)
         self.dtype = M.TORCH_DTYPES[self.d.dtype]
         self.arch = M.Arch.of(self.m)
-        self.L = s.layers
-        # decoder layers per step: with virtual_layers > layers the K stored layers are cycled through
-        self.V = max(s.virtual_layers or s.layers, s.layers)
-        self.l = self.d.split_tokens
+        self.L = s.layers  # stored layers
+        self.V = max(s.virtual_layers or s.layers, s.layers)  # run layers per step
+        self.split = self.d.split_tokens
         self.gb, self.ngb = self.d.gpu_batch, self.d.num_gpu_batches
-        # attention on the host CPU next to the K,V (only differs from "device" when the device is a GPU)
+        # attention on the host CPU next to the K,V: only another memory when the device is separate
         self.att_dev = torch.device("cpu") if self.d.attention_where == "cpu" else self.dev
-        self.rec = Recorder(sync=torch.cuda.synchronize if self.dev.type == "cuda" else None)
-        self.copy_stream = torch.cuda.Stream() if self.dev.type == "cuda" else None
+        self.att_space = "host" if self.d.attention_where == "cpu" and self.io.separate_host else "device"
+        self.att_resource = "cpu" if self.d.attention_where == "cpu" else "compute"
+        self._rec = Recorder(sync=partial(self.io.sync_stream, "compute") if self.io.separate_host else None)
+        self.stores: list = []
+        self.links = Links(self.io, self._rec)
+        try:
+            self._load(s)
+        except BaseException:
+            self.close()
+            raise
+        disk_t0 = next((sp.t0 for sp in self.kv.spans if sp.tier == "disk"), None)
+        disk_direct = self.att_space == "host" or not self.io.separate_host
+        self.bufs = {(slot, j): GatherBuffer(s.seq, self.gb, 2 * self.m.kv_dim, self.dtype, self.io, disk_direct,
+                                             disk_t0)
+                     for slot in range(2) for j in range(self.ngb)}
+
+    def _load(self, s: Setup) -> None:
         ckpt = M.Checkpoint(s.weights_dir, self.m) if s.weights_dir else None
         outer = ckpt.outer(torch.float32) if ckpt else M.random_outer_weights(self.m, s.seed, torch.float32)
         self.outer = {k: v.to(self.dev, self.dtype) for k, v in outer.items()}
         layer_ws = [ckpt.layer(i, self.dtype) if ckpt else M.random_layer_weights(self.m, i, s.seed, self.dtype)
                     for i in range(self.L)]
-        self.stores: list = []
-        try:
-            self.weights = WeightStore(M.layer_weight_shapes(self.m), layer_ws, self.d.weight_placement,
-                                       self.dtype, self.dev, s.disk_dir, virtual=self.V)
-            self.stores.append(self.weights)
-            del layer_ws
-            self.x = TokenStore("x", self.m.hidden_size, 0, min(self.l, s.seq), self.d.x_placement, self.L,
-                                self.ngb, self.gb, self.dtype, self.dev, s.disk_dir)
-            self.stores.append(self.x)
-            self.kv = TokenStore("kv", 2 * self.m.kv_dim, self.l, s.seq, self.d.kv_placement, self.L,
-                                 self.ngb, self.gb, self.dtype, self.dev, s.disk_dir)
-            self.stores.append(self.kv)
-        except BaseException:
-            self.close()
-            raise
-        disk_t0 = next((sp.t0 for sp in self.kv.spans if sp.tier == "disk"), None)
-        self.bufs = {(slot, j): GatherBuffer(s.seq, self.gb, 2 * self.m.kv_dim, self.dtype, self.att_dev, disk_t0)
-                     for slot in range(2) for j in range(self.ngb)}
-        self.workers = {link: ThreadPoolExecutor(1, thread_name_prefix=f"kvplan-{link}") for link in LINKS}
-        self.pending: dict[tuple[int, int], dict] = {}
-        self.writes: list[Future] = []
+        self.weights = WeightStore(M.layer_weight_shapes(self.m), layer_ws, self.d.weight_placement,
+                                   self.dtype, self.io, s.disk_dir, virtual=self.V)
+        self.stores.append(self.weights)
+        del layer_ws
+        self.x = TokenStore("x", self.m.hidden_size, 0, min(self.split, s.seq), self.d.x_placement, self.L,
+                            self.ngb, self.gb, self.dtype, self.io, s.disk_dir)
+        self.stores.append(self.x)
+        self.kv = TokenStore("kv", 2 * self.m.kv_dim, self.split, s.seq, self.d.kv_placement, self.L,
+                             self.ngb, self.gb, self.dtype, self.io, s.disk_dir)
+        self.stores.append(self.kv)
+
+    @property
+    def rec(self) -> Recorder:
+        return self._rec
+
+    @rec.setter
+    def rec(self, rec: Recorder) -> None:
+        self._rec = rec
+        self.links.rec = rec
+
+    def reset_timings(self) -> None:
+        """Forget the intervals recorded so far (e.g. untimed catch-up steps)."""
+        self.rec = Recorder(sync=self._rec.sync)
 
     def close(self) -> None:
-        for w in getattr(self, "workers", {}).values():
-            w.shutdown(wait=True)
+        if getattr(self, "links", None) is not None:
+            self.links.close()
         for st in self.stores:
             st.close()
         self.stores = []
@@ -196,239 +284,291 @@ class Executor:
         files = [st.disk for st in self.stores if st.disk is not None]
         return all(f.direct for f in files)
 
-    # -- I/O on the workers ----------------------------------------------------------------------
-    def _on_worker(self, link: str, fn, *args) -> Future:
-        def run():
-            if self.copy_stream is not None:
-                with torch.cuda.stream(self.copy_stream):
-                    out = fn(*args)
-                self.copy_stream.synchronize()
-                return out
-            return fn(*args)
-        return self.workers[link].submit(run)
-
-    def _timed_read(self, store: TokenStore, sp, n: int, i: int, j: int, a: int, b: int, target) -> torch.Tensor:
-        res = "disk_read" if sp.tier == "disk" else "h2d"
-        with self.rec.busy(n, i, res, (b - a) * store.token_bytes):
-            return store.read(sp, i % self.L, j, a, b, target)
-
-    def _timed_read_into(self, sp, n: int, i: int, j: int, a: int, b: int, buf: GatherBuffer) -> None:
-        res = "disk_read" if sp.tier == "disk" else "h2d"
-        with self.rec.busy(n, i, res, (b - a) * self.kv.token_bytes):
-            self.kv.read_into(sp, i % self.L, j, a, b, buf)
-
-    def _timed_weights(self, n: int, i: int, res: str) -> dict[str, torch.Tensor]:
-        with self.rec.busy(n, i, res, self.weights.record_bytes):
-            return self.weights.get(i)
-
-    def _fetch(self, store: TokenStore, n: int, i: int, j: int, a: int, b: int, target=None) -> list:
-        """Futures (or ready views) for positions [a, b) of one GPU batch, in position order."""
-        parts: list = []
-        for sp, lo, hi in store.pieces(a, b):
-            if store.is_local(sp, target):
-                parts.append(store.read(sp, i % self.L, j, lo, hi, target))
-            else:
-                link = "disk" if sp.tier == "disk" else "h2d"
-                parts.append(self._on_worker(link, self._timed_read, store, sp, n, i, j, lo, hi, target))
-        return parts
-
-    def _kv_plan(self, n: int, i: int, j: int, t: int, slot: int) -> dict:
-        """How K,V[l:t] of one GPU batch reach attention: in place (one local piece that will also take
-        the new token: no copy at all), or gathered into a buffer (link pieces read straight into it)."""
-        pieces = self.kv.pieces(self.l, t)
-        if t >= self.l and self.l == 0 and all(self.kv.is_local(sp, self.att_dev) for sp, _, _ in pieces):
-            sp_new = self.kv.span_of(t)
-            if self.kv.is_local(sp_new, self.att_dev) and all(sp == sp_new for sp, _, _ in pieces):
-                return {"in_place": sp_new}
-        buf = self.bufs[(slot, j)]
-        local, futures = [], []
-        for sp, lo, hi in pieces:
-            if self.kv.is_local(sp, self.att_dev):
-                local.append((sp, lo, hi))
-            else:
-                link = "disk" if sp.tier == "disk" else "h2d"
-                futures.append(self._on_worker(link, self._timed_read_into, sp, n, i, j, lo, hi, buf))
-        return {"buf": buf, "local": local, "futures": futures}
-
-    def _submit(self, n: int, i: int, t: int, slot: int) -> None:
-        """Queue every read layer i of step n needs (context t): weights, then X then K,V per GPU batch."""
-        entry: dict = {"t": t}
-        res = self.weights.streamed(i)
-        if res is None:
-            entry["w"] = self.weights.get(i)
-        else:
-            entry["w"] = self._on_worker("disk" if res == "disk_read" else "h2d", self._timed_weights, n, i, res)
-        for j in range(self.ngb):
-            entry[("x", j)] = self._fetch(self.x, n, i, j, 0, min(self.l, t))
-            entry[("kv", j)] = self._kv_plan(n, i, j, t, slot)
-        self.pending[(n, i)] = entry
-
-    def _timed_write(self, store: TokenStore, n: int, i: int, j: int, pos: int, data: torch.Tensor) -> None:
-        res = "disk_write" if store.span_of(pos).tier == "disk" else "d2h"
-        with self.rec.busy(n, i, res, data.shape[0] * data.shape[-1] * data.element_size()):
-            store.write(i % self.L, j, pos, data)
-
-    def _write_back(self, store: TokenStore, n: int, i: int, j: int, pos: int, data: torch.Tensor) -> Future | None:
-        """Store the new token's X or K,V where position `pos` lives; a write over a link is queued on
-        that link's worker (after the reads already queued there) and its future returned."""
-        sp = store.span_of(pos)
-        if store.is_local(sp, data.device):
-            with self.rec.busy(n, i, "compute"):
-                store.write(i % self.L, j, pos, data)
-            return None
-        fut = self._on_worker("disk" if sp.tier == "disk" else "h2d", self._timed_write, store, n, i, j, pos, data)
-        self.writes.append(fut)
-        return fut
-
-    def _ready(self, x):
-        """The value of a read; on CUDA, tensors made on the copy stream are marked as used by the
-        compute stream so the caching allocator does not hand their memory out early."""
-        if not isinstance(x, Future):
-            return x
-        out = x.result()
-        if self.copy_stream is not None:
-            for t in out.values() if isinstance(out, dict) else [out]:
-                if isinstance(t, torch.Tensor) and t.is_cuda:
-                    t.record_stream(torch.cuda.current_stream())
-        return out
+    def _stored(self, layer: int) -> int:
+        """The stored layer whose weights and caches run layer `layer` uses."""
+        return layer % self.L
 
     # -- prefill ---------------------------------------------------------------------------------
+    def _weights_now(self, layer: int) -> Weights:
+        """Run layer `layer`'s weights on the compute device, read synchronously (prefill)."""
+        if self.weights.tier(layer) == "disk":
+            w = self.weights.read_disk(layer)
+        else:
+            w = self.weights.in_memory(layer)
+        if self.weights.streamed(layer) is not None:
+            return {k: v.to(self.dev) for k, v in w.items()}
+        return w
+
     def prefill(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Run the prompt through the run layers (one GPU batch at a time, each layer's weights loaded
-        once), store X[0:l] and K,V[l:P] on their tiers; returns the last position's logits [batch, vocab]."""
-        a, P = self.arch, tokens.shape[1]
+        """Run the prompt through the stored layers (one GPU batch at a time, each layer's weights
+        loaded once), store X[0:split] and K,V[split:P] on their tiers; returns the last position's
+        logits [batch, vocab]."""
+        a, prompt = self.arch, tokens.shape[1]
         tokens = tokens.to(self.dev)
-        pos = torch.arange(P, device=self.dev)
-        hs = [M.embed(a, self.outer, tokens[j * self.gb:(j + 1) * self.gb], pos) for j in range(self.ngb)]
-        for i in range(self.L):
-            w = self.weights.get(i)
+        positions = torch.arange(prompt, device=self.dev)
+        hs = [M.embed(a, self.outer, tokens[j * self.gb:(j + 1) * self.gb], positions) for j in range(self.ngb)]
+        for layer in range(self.L):
+            w = self._weights_now(layer)
             for j in range(self.ngb):
                 x = M.input_norm(a, w, hs[j])
-                q, kv = M.query_and_kv(a, w, x, pos)
+                q, kv = M.query_and_kv(a, w, x, positions)
                 hs[j] = M.finish_layer(a, w, hs[j], M.attention(a, q, kv, causal=True))
-                if min(self.l, P) > 0:
-                    self.x.write(i, j, 0, x[:, :min(self.l, P)])
-                if P > self.l:
-                    self.kv.write(i, j, self.l, kv[:, self.l:])
-        if self.dev.type == "cuda":  # the writes above were asynchronous on the compute stream
-            torch.cuda.synchronize()
+                if min(self.split, prompt) > 0:
+                    self.x.write(layer, j, 0, x[:, :min(self.split, prompt)])
+                if prompt > self.split:
+                    self.kv.write(layer, j, self.split, kv[:, self.split:])
+        self.io.sync_stream("compute")  # the writes to pinned memory above were asynchronous
         return torch.cat([M.head(a, self.outer, h[:, -1:])[:, 0] for h in hs])
 
     def fill_random(self, context: int, seed: int = 0) -> None:
         """Put random X and K,V for positions [0, context) on their tiers, without computing them:
         for timing runs at long contexts, where a real prefill would take longer than the run."""
         gen = torch.Generator().manual_seed(seed)
-        for i in range(self.L):
+        for layer in range(self.L):
             for j in range(self.ngb):
-                if min(self.l, context) > 0:
-                    x = torch.randn(self.gb, min(self.l, context), self.m.hidden_size, generator=gen)
-                    self.x.write(i, j, 0, x.to(self.dev, self.dtype))
-                if context > self.l:
-                    kv = torch.randn(self.gb, context - self.l, 2 * self.m.kv_dim, generator=gen)
-                    self.kv.write(i, j, self.l, kv.to(self.dev, self.dtype))
-        if self.dev.type == "cuda":
-            torch.cuda.synchronize()
+                if min(self.split, context) > 0:
+                    x = torch.randn(self.gb, min(self.split, context), self.m.hidden_size, generator=gen)
+                    self.x.write(layer, j, 0, x.to(self.dev, self.dtype))
+                if context > self.split:
+                    kv = torch.randn(self.gb, context - self.split, 2 * self.m.kv_dim, generator=gen)
+                    self.kv.write(layer, j, self.split, kv.to(self.dev, self.dtype))
+        self.io.sync_stream("compute")
 
     # -- decode ----------------------------------------------------------------------------------
     def decode(self, start: int, tokens: torch.Tensor, steps: int, forced: torch.Tensor | None = None,
-               keep_logits: bool = False) -> list[torch.Tensor]:
+               keep_logits: bool = False, on_step: Callable[[int, float], None] | None = None) -> list[torch.Tensor]:
         """`steps` decode steps; the first new token (ids `tokens`, [batch]) sits at position `start`.
         With `forced` ([batch, steps-1]) the next inputs are taken from it (teacher forcing), else greedy.
-        Returns each step's logits [batch, vocab] if keep_logits."""
+        Returns each step's logits [batch, vocab] if keep_logits; `on_step(step, wall seconds)` is
+        called after each step (progress)."""
         if start + steps > self.s.seq:
             raise KvplanError(f"{steps} steps from position {start} run past the plan's seq {self.s.seq}")
-        a = self.arch
         out = []
-        schedule = [(step, layer) for step in range(steps) for layer in range(self.V)]
         ids = tokens.to(self.dev)
-        self._submit(0, 0, start, 0)
-        for k, (n, i) in enumerate(schedule):
-            t = start + n  # position of this step's new token
-            if i == 0:
-                step_start = time.perf_counter()
-                with self.rec.busy(n, -1, "compute"):
-                    hidden = M.embed(a, self.outer, ids[:, None], torch.tensor([t], device=self.dev))
-            following = schedule[k + 1] if k + 1 < len(schedule) else None
-            # prefetch the next layer's data now, unless it must see this layer's write-back first
-            # (the same stored layer again: a run with one stored layer, or the step boundary)
-            early = following is not None and following[1] != i
-            if early:
-                self._submit(following[0], following[1], start + following[0], (k + 1) % 2)
-            hidden = self._decode_layer(n, i, t, self.pending.pop((n, i)), hidden)
-            if following is not None and not early:
-                self._submit(following[0], following[1], start + following[0], (k + 1) % 2)
-            self.rec.mark_layer_end(n, i)
-            if i == self.V - 1:
-                with self.rec.busy(n, -1, "compute"):
-                    logits = M.head(a, self.outer, hidden)[:, 0].float()
-                    ids = forced[:, n].to(self.dev) if forced is not None and n + 1 < steps else logits.argmax(-1)
-                self.rec.mark_step(n, step_start, time.perf_counter())
-                self.next_tokens = ids  # the inputs of the step after the last one run
-                if keep_logits:
-                    out.append(logits.cpu())
-        for f in self.writes:
-            f.result()
-        self.writes.clear()
+        reads = self._prefetch(0, 0, start)
+        for step in range(steps):
+            pos = start + step
+            step_start = time.perf_counter()
+            with self.rec.busy(step, -1, "compute"):
+                hidden = M.embed(self.arch, self.outer, ids[:, None], torch.tensor([pos], device=self.dev))
+            for layer in range(self.V):
+                after = self._after(step, layer, steps)
+                # the next layer's reads overlap this layer's compute, unless they must see its
+                # write-back (the same run layer at the next position: a one-layer model)
+                early = after is not None and after[1] != layer
+                following = self._prefetch(*after, start + after[0]) if early else None
+                hidden, new = self._compute_layer(reads, hidden)
+                self._write_back(reads, new)
+                if after is not None and not early:
+                    following = self._prefetch(*after, start + after[0])
+                self.rec.mark_layer_end(step, layer)
+                reads = following
+            with self.rec.busy(step, -1, "compute"):
+                logits = M.head(self.arch, self.outer, hidden)[:, 0].float()
+                ids = forced[:, step].to(self.dev) if forced is not None and step + 1 < steps else logits.argmax(-1)
+            self.rec.mark_step(step, step_start, time.perf_counter())
+            self.next_tokens = ids  # the inputs of the step after the last one run
+            if keep_logits:
+                out.append(logits.cpu())
+            if on_step is not None:
+                on_step(step, time.perf_counter() - step_start)
+        self.links.finish_writes()
         return out
 
-    def _decode_layer(self, n: int, i: int, t: int, entry: dict, hidden: torch.Tensor) -> torch.Tensor:
-        """Layer i of step n for the whole batch (hidden: [batch, 1, h]). The projections and the MLP run
-        once over all rows, so the layer's weights are read once per step however many GPU batches
-        there are (FlexGen's reuse of a layer's weights across GPU batches); attention runs per GPU
-        batch over that batch's recomputed, streamed and new K,V."""
-        a = self.arch
-        w = self._ready(entry["w"])
-        with self.rec.busy(n, i, "compute"):
-            pos_new = torch.tensor([t], device=self.dev)
-            x_new = M.input_norm(a, w, hidden)
-            q, kv_new = M.query_and_kv(a, w, x_new, pos_new)  # one GEMM: the planner's qkv_proj
-        attn = []
-        for j in range(self.ngb):
-            rows = slice(j * self.gb, (j + 1) * self.gb)
-            attn.append(self._attend(n, i, j, t, w, entry, q[rows], kv_new[rows]))
-            # the new token goes where position t lives: its X inside the recompute range, else its K,V
-            if t < self.l:
-                self._write_back(self.x, n, i, j, t, x_new[rows])
-            elif not attn[-1][1]:
-                self._write_back(self.kv, n, i, j, t, kv_new[rows])
-        with self.rec.busy(n, i, "compute"):
-            return M.finish_layer(a, w, hidden, torch.cat([out for out, _ in attn]))
+    def _after(self, step: int, layer: int, steps: int) -> tuple[int, int] | None:
+        """The (step, layer) run after this one, None after the last."""
+        if layer + 1 < self.V:
+            return step, layer + 1
+        return (step + 1, 0) if step + 1 < steps else None
 
-    def _attend(self, n: int, i: int, j: int, t: int, w: dict[str, torch.Tensor], entry: dict,
-                q: torch.Tensor, kv_new: torch.Tensor) -> tuple[torch.Tensor, bool]:
-        """Attention of GPU batch j over positions [0, t]: K,V[0:l] recomputed from X as soon as X is
-        in, K,V[l:t] streamed (or local), the new token's K,V last. Returns (output [gb, 1, heads*d],
-        whether the new K,V was already stored)."""
-        a, ad = self.arch, self.att_dev
-        resource = "cpu" if self.d.attention_where == "cpu" else "compute"
-        x_parts = [self._ready(p) for p in entry[("x", j)]]
-        plan = entry[("kv", j)]
-        kv_rec = None
-        if x_parts:
-            with self.rec.busy(n, i, "compute"):
-                x_tm = torch.cat([p.transpose(0, 1) for p in x_parts])  # token-major [tokens, gb, hidden]
-                recomputed = x_tm.shape[0]
-                pos_rec = torch.arange(recomputed, device=self.dev)
-                if "buf" in plan and plan["buf"].tensor.device.type == self.dev.type:
-                    # straight into rows [0, l) of the attention buffer while K,V[l:t] still streams into
-                    # rows [l, t): that read starts at a page boundary (the buffer is placed so)
-                    M.kv_from_x_into(a, w, x_tm, pos_rec, out=plan["buf"].tensor[:recomputed])
+    # -- prefetch: queue a layer's reads ---------------------------------------------------------
+    def _prefetch(self, step: int, layer: int, pos: int) -> LayerReads:
+        """Queue every read run layer `layer` of step `step` needs: its weights, then per GPU batch X
+        then K,V (one worker per link, so they cross it in that order)."""
+        tag = Tag(step, layer)
+        slot = (step * self.V + layer) % 2  # the gather buffers alternate between consecutive layers
+        weights = self._read_weights(tag)
+        batches = [BatchReads(self._read_x(tag, j, min(self.split, pos)), self._kv_source(tag, j, pos, slot))
+                   for j in range(self.ngb)]
+        return LayerReads(step, layer, pos, weights, batches)
+
+    def _read_weights(self, tag: Tag) -> Weights | Future:
+        link = self.weights.streamed(tag.layer)
+        if link is None:
+            return self.weights.in_memory(tag.layer)
+        nbytes = self.weights.record_bytes
+        if not self.io.separate_host:  # a CPU run: the record is read into host memory and used there
+            return self.links.disk_read(tag, nbytes, partial(self.weights.read_disk, tag.layer))
+
+        def to_device(src: Weights):
+            def fill():
+                dst = {k: self.io.device_empty(tuple(v.shape), v.dtype) for k, v in src.items()}
+                return [(dst[k], src[k]) for k in src], dst
+            return fill
+
+        if link == "h2d":
+            return self.links.copy(tag, "h2d", nbytes, to_device(self.weights.in_memory(tag.layer)))
+        offset, n = self.weights.disk_extent(tag.layer)
+        return self.links.disk_to_device(tag, self.links.ring("weights", 3), self.weights.disk, offset, n,
+                                         lambda raw: to_device(self.weights.unpack(raw)))
+
+    def _read_x(self, tag: Tag, j: int, upto: int) -> list[torch.Tensor | Future]:
+        """X[0:upto] of GPU batch j on the compute device, token-major, one part per tier."""
+        stored, store = self._stored(tag.layer), self.x
+        parts: list[torch.Tensor | Future] = []
+        for p in store.pieces(0, upto):
+            space, nbytes = store.space(p.span), p.tokens * store.token_bytes
+            if space == "device":
+                parts.append(store.view(p, stored, j))
+            elif space == "disk" and not self.io.separate_host:
+                parts.append(self.links.disk_read(tag, nbytes, partial(store.read_disk, p, stored, j)))
+            else:
+                def to_device(src: torch.Tensor):
+                    def fill():
+                        dst = self.io.device_empty(tuple(src.shape), src.dtype)
+                        return [(dst, src)], dst
+                    return fill
+                if space == "host":
+                    parts.append(self.links.copy(tag, "h2d", nbytes, to_device(store.view(p, stored, j)),
+                                                 after=self.links.host_writes.get((store.name, stored, j))))
                 else:
-                    kv_rec = M.kv_from_x(a, w, x_tm.transpose(0, 1), pos_rec)
-        if "in_place" in plan:  # resident K,V: append the new token, attend over the store itself
-            fut = self._write_back(self.kv, n, i, j, t, kv_new)
-            if fut is not None:  # CPU attention on a GPU machine: the append crossed the link
-                fut.result()
-            with self.rec.busy(n, i, resource):
-                kv_all = self.kv.read(plan["in_place"], i % self.L, j, self.l, t + 1, ad)
-                return M.attention(a, q.to(ad), kv_all, causal=False).to(self.dev), True
-        for f in plan["futures"]:
-            f.result()  # the streamed pieces are now in their rows of the buffer
-        buf = plan["buf"]
-        with self.rec.busy(n, i, resource):
+                    offset, n = store.disk_extent(p, stored, j)
+                    parts.append(self.links.disk_to_device(
+                        tag, self.links.ring(store.name, 2 * self.ngb + 1), store.disk, offset, n,
+                        lambda raw, p=p: to_device(store.tokens_of(raw, p))))
+        return parts
+
+    def _kv_source(self, tag: Tag, j: int, pos: int, slot: int) -> KvSource:
+        """How K,V[split:pos] of GPU batch j reach attention: in place (resident, nothing to copy), or
+        gathered into the slot's buffer (pieces across a link are read straight into their rows)."""
+        stored, store = self._stored(tag.layer), self.kv
+        pieces = store.pieces(self.split, pos)
+        if self.split == 0:
+            span_new = store.span_of(pos)
+            if store.space(span_new) == self.att_space and all(p.span == span_new for p in pieces):
+                return InPlace(span_new)
+        buf = self.bufs[(slot, j)]
+        local = [p for p in pieces if store.space(p.span) == self.att_space]
+        streamed = [self._read_kv_into(tag, j, p, buf) for p in pieces if store.space(p.span) != self.att_space]
+        host_write = None
+        if self.io.separate_host and any(p.tier == "host" for p in local):
+            host_write = self.links.host_writes.get((store.name, stored, j))
+        return Gathered(buf, local, streamed, host_write)
+
+    def _read_kv_into(self, tag: Tag, j: int, p: Piece, buf: GatherBuffer) -> Future:
+        """One K,V piece across a link into rows [lo, hi) of a gather buffer, on the link's worker."""
+        stored, store = self._stored(tag.layer), self.kv
+        space, nbytes = store.space(p.span), p.tokens * store.token_bytes
+        if space == "disk" and buf.disk_direct:
+            return self.links.disk_read(tag, nbytes, partial(store.read_disk_into, p, stored, j, buf))
+        rows = buf.tensor[p.lo:p.hi]
+
+        def into_rows(src: torch.Tensor):
+            return lambda: ([(rows, src)], None)
+
+        if space == "disk":
+            offset, n = store.disk_extent(p, stored, j)
+            return self.links.disk_to_device(tag, self.links.ring(store.name, 2 * self.ngb + 1), store.disk,
+                                             offset, n, lambda raw: into_rows(store.tokens_of(raw, p)),
+                                             dst_free=buf.free)
+        link = "h2d" if space == "host" else "d2h"  # device K,V to a host buffer: attention on the CPU
+        return self.links.copy(tag, link, nbytes, into_rows(store.view(p, stored, j)),
+                               after=self.links.host_writes.get((store.name, stored, j)), dst_free=buf.free)
+
+    # -- compute ---------------------------------------------------------------------------------
+    def _compute_layer(self, reads: LayerReads, hidden: torch.Tensor) -> tuple[torch.Tensor, NewToken]:
+        """One layer for the whole batch (hidden: [batch, 1, h]). The projections and the MLP run once
+        over all rows, so the layer's weights are read once per step however many GPU batches there
+        are (FlexGen's reuse of a layer's weights across GPU batches); attention runs per GPU batch."""
+        a, tag = self.arch, reads.tag
+        w = landed(reads.weights, self.io)
+        with self.rec.busy(tag.step, tag.layer, "compute"):
+            x_new = M.input_norm(a, w, hidden)
+            q, kv_new = M.query_and_kv(a, w, x_new, torch.tensor([reads.pos], device=self.dev))  # one GEMM
+        self.io.accessed("compute", x_new, kv_new)
+        new = NewToken(x_new, kv_new, self.io.record("compute"), [isinstance(b.kv, InPlace) for b in reads.batches])
+        outs = []
+        for j, batch in enumerate(reads.batches):
+            rows = slice(j * self.gb, (j + 1) * self.gb)
+            kv_rec = self._recompute(reads, w, batch)
+            if isinstance(batch.kv, InPlace):
+                outs.append(self._attend_in_place(reads, j, batch.kv, q[rows], kv_new[rows], new.made))
+            else:
+                outs.append(self._attend_gathered(reads, j, batch.kv, q[rows], kv_new[rows], kv_rec))
+        with self.rec.busy(tag.step, tag.layer, "compute"):
+            return M.finish_layer(a, w, hidden, torch.cat(outs)), new
+
+    def _recompute(self, reads: LayerReads, w: Weights, batch: BatchReads) -> torch.Tensor | None:
+        """K,V[0:min(split, pos)] from X as soon as X is in (RoPE at positions 0..): straight into rows
+        [0, split) of the gather buffer while K,V[split:pos] still streams into the rows after them
+        (a disk read into a host buffer starts on a page boundary: the buffer is placed so), or
+        returned ([gpu_batch, tokens, 2*kv_dim]) when the buffer is on the other side of a link."""
+        if not batch.x_parts:
+            return None
+        x_parts = [landed(p, self.io) for p in batch.x_parts]
+        assert isinstance(batch.kv, Gathered)
+        with self.rec.busy(reads.step, reads.layer, "compute"):
+            x_tm = torch.cat(x_parts)  # token-major [tokens, gpu_batch, hidden]
+            positions = torch.arange(x_tm.shape[0], device=self.dev)
+            if self.att_space == "device":
+                M.kv_from_x_into(self.arch, w, x_tm, positions, out=batch.kv.buf.tensor[:x_tm.shape[0]])
+                return None
+            return M.kv_from_x(self.arch, w, x_tm.transpose(0, 1), positions)
+
+    def _attend_in_place(self, reads: LayerReads, j: int, src: InPlace, q: torch.Tensor, kv_new: torch.Tensor,
+                         made: Any) -> torch.Tensor:
+        """Append the new token's K,V to the resident store, then attend over the store itself."""
+        appended = self._store_new(self.kv, reads, j, kv_new, made)
+        if appended is not None:  # CPU attention on a GPU machine: the append crossed the link
+            appended.result()
+        with self.rec.busy(reads.step, reads.layer, self.att_resource):
+            kv_all = self.kv.view(Piece(src.span, self.split, reads.pos + 1), self._stored(reads.layer), j)
+            return M.attention(self.arch, q.to(self.att_dev), kv_all.transpose(0, 1), causal=False).to(self.dev)
+
+    def _attend_gathered(self, reads: LayerReads, j: int, src: Gathered, q: torch.Tensor, kv_new: torch.Tensor,
+                         kv_rec: torch.Tensor | None) -> torch.Tensor:
+        """Attention over the gather buffer once the streamed pieces are in: recomputed rows (if made
+        on the other side), local pieces and the new token are copied in first."""
+        for f in src.streamed:
+            landed(f, self.io)
+        if src.host_write is not None:
+            src.host_write.result()
+        buf, stored = src.buf, self._stored(reads.layer)
+        with self.rec.busy(reads.step, reads.layer, self.att_resource):
             if kv_rec is not None:
                 buf.tensor[:kv_rec.shape[1]].copy_(kv_rec.transpose(0, 1))
-            for sp, lo, hi in plan["local"]:
-                buf.tensor[lo:hi].copy_(self.kv.read(sp, i % self.L, j, lo, hi, ad).transpose(0, 1))
-            buf.tensor[t].copy_(kv_new[:, 0])
-            return M.attention(a, q.to(ad), buf.rows_view(0, t + 1), causal=False).to(self.dev), False
+            for p in src.local:
+                buf.tensor[p.lo:p.hi].copy_(self.kv.view(p, stored, j))
+            buf.tensor[reads.pos].copy_(kv_new[:, 0])
+            out = M.attention(self.arch, q.to(self.att_dev), buf.rows_view(0, reads.pos + 1), causal=False)
+            self.io.accessed("compute", buf.tensor)
+            buf.free = self.io.record("compute")  # a copy stream may refill the buffer after this
+            return out.to(self.dev)
+
+    # -- write back ------------------------------------------------------------------------------
+    def _write_back(self, reads: LayerReads, new: NewToken) -> None:
+        """The new token goes where position pos lives: its X inside the recompute range, else its K,V
+        (unless attention already appended it in place), on the tier that holds pos."""
+        for j in range(self.ngb):
+            rows = slice(j * self.gb, (j + 1) * self.gb)
+            if reads.pos < self.split:
+                self._store_new(self.x, reads, j, new.x[rows], new.made)
+            elif not new.in_place[j]:
+                self._store_new(self.kv, reads, j, new.kv[rows], new.made)
+
+    def _store_new(self, store: TokenStore, reads: LayerReads, j: int, data: torch.Tensor, made: Any) -> Future | None:
+        """Store one GPU batch's new token ([gpu_batch, 1, width]) at reads.pos: in device memory by the
+        compute thread, else queued on the link's worker (after the reads queued there) and its future
+        returned."""
+        stored, span = self._stored(reads.layer), store.span_of(reads.pos)
+        space = store.space(span)
+        if space == "device":
+            with self.rec.busy(reads.step, reads.layer, "compute"):
+                store.write(stored, j, reads.pos, data)
+            return None
+        nbytes = data.shape[0] * data.shape[-1] * data.element_size()
+        if space == "disk":
+            return self.links.to_disk(reads.tag, nbytes, partial(store.write, stored, j, reads.pos), data, made)
+        row = store.view(Piece(span, reads.pos, reads.pos + 1), stored, j)
+        return self.links.copy_out(reads.tag, row, data.transpose(0, 1), made, (store.name, stored, j))
+

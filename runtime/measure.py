@@ -35,7 +35,7 @@ class Recorder:
     layer_end_s: dict[tuple[int, int], float] = field(default_factory=dict)
     step_span_s: dict[int, tuple[float, float]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
-    sync: object = None  # called before a compute interval closes (torch.cuda.synchronize on CUDA)
+    sync: object = None  # called before a compute interval closes (on CUDA: the compute stream's synchronize)
 
     @contextmanager
     def busy(self, step: int, layer: int, resource: str, nbytes: int = 0):

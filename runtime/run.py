@@ -5,10 +5,12 @@ The CLI (planner/cli/execute_cmd.py) only parses options and prints; benchmarks 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,14 +31,17 @@ PREFILL_FLOPS_LIMIT = 2e12  # --fill auto: above this a real prefill would take 
 @dataclass(frozen=True)
 class RunOptions:
     steps: int | None = None  # decode steps to run (default min(gen, 16))
-    layers: int | None = None  # decoder layers to run (default all); times are scaled by L / K
+    # decoder layers to store (default all): every step still runs all L, cycling through the K stored
+    # ones; only a prefill (K layers) is scaled by L / K
+    layers: int | None = None
     disk_dir: Path | None = None  # where the disk tier's files go (default: the system temp folder)
     weights_dir: Path | None = None
     profile_path: Path | None = None
     fill: str = "auto"  # "prefill" | "random" | "auto"
     device: str = "auto"  # "cpu" | "cuda" | "auto"
     seed: int = 0
-    threads: int | None = None  # torch intra-op threads for the compute thread (default: torch's choice)
+    threads: int | None = None  # torch intra-op threads (default: the profile's, else torch's default)
+    progress: Callable[[str], None] | None = None  # one line per phase and per decode step (the CLI: stderr)
 
 
 def check_plan_against_model(plan: Plan) -> None:
@@ -80,92 +85,162 @@ def execute_plan(plan: Plan, opts: RunOptions) -> dict[str, Any]:
         torch.set_num_threads(previous)
 
 
-def _execute(plan: Plan, opts: RunOptions) -> dict[str, Any]:
-    check_plan_against_model(plan)
-    m, d = plan.model, plan.decisions
-    L = m.num_layers
-    K = opts.layers or L
+@dataclass(frozen=True)
+class Shape:
+    """What a run does: K stored layers cycled through all L, N decode steps from context `start`,
+    the caches filled by a real prefill or with random values."""
+    layers: int
+    steps: int
+    start: int
+    fill: str
+
+
+def _shape(plan: Plan, opts: RunOptions) -> Shape:
+    """The run's shape from the options, each refused with a one-line error before anything is allocated."""
+    L = plan.model.num_layers
+    K = L if opts.layers is None else opts.layers
     if not 1 <= K <= L:
         raise KvplanError(f"--layers must be in [1, {L}], got {K}")
     gen = max(plan.gen, 1)
-    N = opts.steps or min(gen, 16)
+    N = min(gen, 16) if opts.steps is None else opts.steps
     if N < 1 or N > gen:
         raise KvplanError(f"--steps must be in [1, {gen}] (the plan generates {gen} tokens), got {N}")
-    device = pick_device(opts.device)
+    if opts.threads is not None and opts.threads < 1:
+        raise KvplanError(f"--threads must be at least 1, got {opts.threads}")
     # run the N steps centred on the plan's average context prompt + (gen-1)/2 (docs/plan-schema.md)
     start = plan.prompt + (gen - N) // 2
-    prefill_flops = 2.0 * d.batch * start * layer_weight_params(m) * K
     fill = opts.fill
     if fill == "auto":
+        prefill_flops = 2.0 * plan.decisions.batch * start * layer_weight_params(plan.model) * K
         fill = "prefill" if prefill_flops <= PREFILL_FLOPS_LIMIT else "random"
-    notes: list[str] = []
+    return Shape(K, N, start, fill)
+
+
+def _shape_notes(plan: Plan, sh: Shape) -> list[str]:
+    L, K = plan.model.num_layers, sh.layers
+    notes = []
     if K < L:
+        prefill = f"; prefill ran {K} layers and is scaled by {L}/{K}" if sh.fill == "prefill" else ""
         notes.append(f"--layers {K}: each decode step runs all {L} layers, cycling through {K} stored layers' "
                      f"weights and caches (real I/O and compute per layer, memory of {K} layers, logits not "
-                     f"meaningful); prefill ran {K} layers and is scaled by {L}/{K}")
-    if fill == "prefill" and start > plan.prompt:
-        notes.append(f"prefill of the {plan.prompt}-token prompt is timed; {start - plan.prompt} untimed decode "
-                     f"steps then bring the context to {start}")
-    if fill == "random":
-        notes.append(f"caches filled with random values for positions [0, {start}) instead of a real prefill "
+                     f"meaningful){prefill}")
+    if sh.fill == "prefill" and sh.start > plan.prompt:
+        notes.append(f"prefill of the {plan.prompt}-token prompt is timed; {sh.start - plan.prompt} untimed decode "
+                     f"steps then bring the context to {sh.start}")
+    if sh.fill == "random":
+        notes.append(f"caches filled with random values for positions [0, {sh.start}) instead of a real prefill "
                      "(timing only; use --fill prefill for real tokens)")
-    pred = P.choose_prediction(plan, device, opts.profile_path)
-    notes.append(pred.source)
-    threads = opts.threads
+    return notes
+
+
+def _set_threads(opts: RunOptions, device: str, pred: P.Prediction) -> str:
+    """torch's thread count for the run, and the note that says where it comes from."""
     measured_with = (pred.profile.data.get("measurement") or {}).get("torch_threads") if pred.profile else None
-    if threads is None and device == "cpu" and isinstance(measured_with, int) and measured_with >= 1:
-        threads = measured_with
-        notes.append(f"{threads} torch threads, as the profile {pred.profile.name} was measured with")
-    if threads is not None:
-        if threads < 1:
-            raise KvplanError(f"--threads must be at least 1, got {threads}")
-        torch.set_num_threads(threads)
-    load_before = os.getloadavg()[0]
-    own_dir = opts.disk_dir is None
-    base = Path(tempfile.gettempdir()) if own_dir else Path(opts.disk_dir)
-    if not base.is_dir():
-        raise KvplanError(f"--disk-dir {base} is not a folder")
-    setup = Setup(model=m, decisions=d, seq=plan.seq, layers=K, device=device, disk_dir=base, seed=opts.seed,
-                  weights_dir=opts.weights_dir, virtual_layers=L)
-    need = check_fits(setup)
-    work = Path(tempfile.mkdtemp(prefix="kvplan-run-", dir=base))
-    setup = Setup(model=m, decisions=d, seq=plan.seq, layers=K, device=device, disk_dir=work, seed=opts.seed,
-                  weights_dir=opts.weights_dir, virtual_layers=L)
+    if opts.threads is not None:
+        torch.set_num_threads(opts.threads)
+        return f"{opts.threads} torch threads (--threads)"
+    if device == "cpu" and isinstance(measured_with, int) and measured_with >= 1:
+        torch.set_num_threads(measured_with)
+        return f"{measured_with} torch threads, as the profile {pred.profile.name} was measured with"
+    return f"{torch.get_num_threads()} torch threads (torch's default here; --threads to change)"
+
+
+@dataclass
+class Ran:
+    rec: Recorder
+    prefill_s: float | None
+    direct_io: bool
+
+
+def _run(plan: Plan, opts: RunOptions, sh: Shape, setup: Setup) -> Ran:
+    """Load, fill the caches (prefill or random), run the measured decode steps."""
+    m, d, say = plan.model, plan.decisions, opts.progress or (lambda _line: None)
     ex = None
     try:
+        say(f"loading {sh.layers} layers' weights and caches ({m.name}, batch {d.batch}, seq {plan.seq}) ...")
         ex = Executor(setup)
-        gen_t = torch.Generator().manual_seed(opts.seed + 7)
-        tokens = torch.randint(0, m.vocab_size, (d.batch, start), generator=gen_t)
+        tokens = torch.randint(0, m.vocab_size, (d.batch, sh.start), generator=torch.Generator().manual_seed(
+            opts.seed + 7))
         prefill_s = None
-        if fill == "prefill":
+        if sh.fill == "prefill":
             # the plan's prompt through a real (timed) prefill, then untimed greedy decode steps up to
             # the first measured position
+            say(f"prefill: {plan.prompt}-token prompt through {sh.layers} layers ...")
             t0 = time.perf_counter()
             first = ex.prefill(tokens[:, :plan.prompt]).argmax(-1)
-            if device == "cuda":
-                torch.cuda.synchronize()
+            if setup.device == "cuda":
+                torch.cuda.current_stream().synchronize()
             prefill_s = time.perf_counter() - t0
-            if start > plan.prompt:
-                ex.decode(plan.prompt, first, start - plan.prompt)
+            say(f"prefill: {prefill_s:.2f} s")
+            if sh.start > plan.prompt:
+                say(f"{sh.start - plan.prompt} untimed decode steps to context {sh.start} ...")
+                ex.decode(plan.prompt, first, sh.start - plan.prompt)
                 first = ex.next_tokens
-                ex.rec = Recorder(sync=ex.rec.sync)  # forget the catch-up steps
+                ex.reset_timings()  # forget the catch-up steps
         else:
-            ex.fill_random(start, seed=opts.seed)
+            say(f"filling the caches with random values for positions [0, {sh.start}) ...")
+            ex.fill_random(sh.start, seed=opts.seed)
             first = tokens[:, -1]
-        ex.decode(start, first, N)
-        direct = ex.direct_io()
-        rec = ex.rec
+        ex.decode(sh.start, first, sh.steps, on_step=lambda step, wall_s: say(
+            f"decode step {step + 1}/{sh.steps} (context {sh.start + step}): {wall_s * 1e3:.1f} ms"
+            + (" (warm-up, left out)" if step == 0 and sh.steps >= 2 else "")))
+        return Ran(ex.rec, prefill_s, ex.direct_io())
     finally:
         if ex is not None:
             ex.close()
+
+
+def _execute(plan: Plan, opts: RunOptions) -> dict[str, Any]:
+    check_plan_against_model(plan)
+    m, d = plan.model, plan.decisions
+    sh = _shape(plan, opts)
+    device = pick_device(opts.device)
+    notes = _shape_notes(plan, sh)
+    pred = P.choose_prediction(plan, device, opts.profile_path)
+    notes.append(pred.source)
+    notes.append(_set_threads(opts, device, pred))
+    load_before = os.getloadavg()[0]
+    base = Path(tempfile.gettempdir()) if opts.disk_dir is None else Path(opts.disk_dir)
+    if not base.is_dir():
+        raise KvplanError(f"--disk-dir {base} is not a folder")
+    setup = Setup(model=m, decisions=d, seq=plan.seq, layers=sh.layers, device=device, disk_dir=base,
+                  seed=opts.seed, weights_dir=opts.weights_dir, virtual_layers=m.num_layers)
+    need = check_fits(setup)
+    work = Path(tempfile.mkdtemp(prefix="kvplan-run-", dir=base))
+    try:
+        ran = _run(plan, opts, sh, dataclasses.replace(setup, disk_dir=work))
+    finally:
         shutil.rmtree(work, ignore_errors=True)
-    if not direct:
+    if not ran.direct_io:
         notes.append("O_DIRECT was refused by the file system: buffered I/O with fdatasync + POSIX_FADV_DONTNEED")
-    steps_used = list(range(1, N)) if N >= 2 else [0]
-    if N >= 2:
+    steps_used = list(range(1, sh.steps)) if sh.steps >= 2 else [0]
+    if sh.steps >= 2:
         notes.append("step 0 (warm-up) is left out of the means")
-    meas = summarize(rec, steps_used, L)
-    scale = L / K  # prefill only: it ran K layers
+    meas = summarize(ran.rec, steps_used, m.num_layers)
+    measured = _measured(plan, sh, ran, meas, pred)
+    run_info = {"device": device, "layers_run": sh.layers, "layers_total": m.num_layers, "steps": sh.steps,
+                "start_context": sh.start, "average_context": sh.start + (sh.steps - 1) / 2, "fill": sh.fill,
+                "direct_io": ran.direct_io, "memory_needed_bytes": need, "torch_threads": torch.get_num_threads(),
+                "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+                "cpu_count": os.cpu_count()}
+    run_info["warnings"] = contention_warnings(run_info, measured, steps_used)
+    return {
+        "plan": {"model": m.name, "seq": plan.seq, "prompt": plan.prompt, "gen": plan.gen,
+                 "hardware": plan.data.get("hardware"), "decisions": d.to_dict()},
+        "run": run_info,
+        "prediction_source": pred.source,
+        "profile": pred.profile.name if pred.profile else None,
+        "predicted": pred.data,
+        "lower_bound": pred.lower_bound,
+        "measured": measured,
+        "comparison": comparison_rows(pred, measured, meas, m.num_layers),
+        "notes": notes,
+    }
+
+
+def _measured(plan: Plan, sh: Shape, ran: Ran, meas: dict[str, Any], pred: P.Prediction) -> dict[str, Any]:
+    """The run record's "measured" object: means over the measured steps (runtime/measure.py)."""
+    L, gen, batch = plan.model.num_layers, max(plan.gen, 1), plan.decisions.batch
     step_s = meas["layers_wall_s"]  # every step ran all L layers (cycling through K stored ones if K < L)
     measured = {
         "per_layer_busy_s": meas["per_layer_busy_s"],
@@ -176,42 +251,50 @@ def _execute(plan: Plan, opts: RunOptions) -> dict[str, Any]:
         "per_layer_compute_thread_cpu_s": meas["per_layer_compute_thread_cpu_s"],
         "decode_step_s": step_s,
         "head_s": meas["step_wall_s"] - meas["layers_wall_s"],
-        "decode_throughput_tokens_per_s": d.batch / step_s,
-        "prefill_s": prefill_s * scale if prefill_s is not None else None,
+        "decode_throughput_tokens_per_s": batch / step_s,
+        # a prefill ran the K stored layers once: scaled to all L (it is not pipelined)
+        "prefill_s": ran.prefill_s * L / sh.layers if ran.prefill_s is not None else None,
         "link_bytes_per_step": {r: meas["bytes_per_step"][r] for r in ("h2d", "disk_read", "d2h", "disk_write")},
-        "step_wall_s": [rec.step_span_s[s][1] - rec.step_span_s[s][0] for s in range(N)],
+        "step_wall_s": [ran.rec.step_span_s[s][1] - ran.rec.step_span_s[s][0] for s in range(sh.steps)],
     }
     if measured["prefill_s"] is not None:
         measured["total_s"] = measured["prefill_s"] + gen * measured["decode_step_s"]
-        measured["throughput_tokens_per_s"] = d.batch * gen / measured["total_s"]
+        measured["throughput_tokens_per_s"] = batch * gen / measured["total_s"]
     busiest = max(meas["per_layer_busy_s"][r] for r in RESOURCES)
     measured["overlap"] = {
         "step_over_busiest_resource": step_s / L / busiest if busiest > 0 else None,
         "step_over_plan_lower_bound": (measured["decode_step_s"] / pred.lower_bound["step_s"]
                                        if pred.lower_bound else None),
     }
-    bw = {}
-    for r in ("disk_read", "disk_write", "h2d", "d2h"):
-        busy = meas["per_layer_busy_s"][r]
-        if busy > 0:
-            bw[r] = meas["bytes_per_step"][r] / L / busy / 1e9
-    measured["achieved_gb_per_s"] = bw
-    return {
-        "plan": {"model": m.name, "seq": plan.seq, "prompt": plan.prompt, "gen": plan.gen,
-                 "hardware": plan.data.get("hardware"), "decisions": d.to_dict()},
-        "run": {"device": device, "layers_run": K, "layers_total": L, "steps": N, "start_context": start,
-                "average_context": start + (N - 1) / 2, "fill": fill, "direct_io": direct,
-                "memory_needed_bytes": need, "torch_threads": torch.get_num_threads(),
-                "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
-                "cpu_count": os.cpu_count()},
-        "prediction_source": pred.source,
-        "profile": pred.profile.name if pred.profile else None,
-        "predicted": pred.data,
-        "lower_bound": pred.lower_bound,
-        "measured": measured,
-        "comparison": comparison_rows(pred, measured, meas, L),
-        "notes": notes,
-    }
+    measured["achieved_gb_per_s"] = {
+        r: meas["bytes_per_step"][r] / L / meas["per_layer_busy_s"][r] / 1e9
+        for r in ("disk_read", "disk_write", "h2d", "d2h") if meas["per_layer_busy_s"][r] > 0}
+    return measured
+
+
+CPU_SHARE_MIN = 0.8  # below this share of its busy time on a CPU, the compute thread was crowded out
+STEP_SPREAD_MAX = 1.5  # slowest / fastest measured step above this: the run was disturbed
+
+
+def contention_warnings(run: dict[str, Any], measured: dict[str, Any], steps_used: list[int]) -> list[str]:
+    """Why this run's timings may not be evidence: a load average above the CPU count (before or after
+    the run), the compute thread descheduled for part of its busy time (with one torch thread, where
+    its CPU time is the whole compute), or measured steps far apart."""
+    out = []
+    cpus = run["cpu_count"] or 1
+    load = max(run["load_average_1min"])
+    if load > cpus:
+        out.append(f"load average {load:.2f} on {cpus} CPUs: other processes competed for the CPUs")
+    busy = measured["per_layer_busy_s"]["compute"]
+    if run["torch_threads"] == 1 and busy > 0:
+        share = measured["per_layer_compute_thread_cpu_s"] / busy
+        if share < CPU_SHARE_MIN:
+            out.append(f"the compute thread ran only {100 * share:.0f}% of its busy time (it waited for a CPU "
+                       "the rest)")
+    walls = [measured["step_wall_s"][s] for s in steps_used]
+    if len(walls) >= 2 and min(walls) > 0 and max(walls) / min(walls) > STEP_SPREAD_MAX:
+        out.append(f"measured steps ranged from {1e3 * min(walls):.1f} to {1e3 * max(walls):.1f} ms")
+    return out
 
 
 def comparison_rows(pred: P.Prediction, measured: dict[str, Any], meas: dict[str, Any],

@@ -33,6 +33,18 @@ def tiny_plan(**decisions) -> dict:
     }
 
 
+def _takes_o_direct(folder) -> bool:
+    import os
+
+    try:
+        fd = os.open(folder / "o-direct-probe", os.O_RDWR | os.O_CREAT | getattr(os, "O_DIRECT", 0), 0o600)
+    except OSError:
+        return False
+    os.close(fd)
+    (folder / "o-direct-probe").unlink()
+    return hasattr(os, "O_DIRECT")
+
+
 @pytest.fixture
 def no_local_profile(monkeypatch):
     """Behave as on a machine where 'kvplan profile' was never run."""
@@ -52,7 +64,8 @@ def test_execute_reports_measured_and_writes_record(run_cli, write_json, tmp_pat
     rec = json.loads(out.read_text())
     assert rec["run"]["steps"] == 4 and rec["run"]["layers_run"] == 3
     assert rec["run"]["start_context"] == 24 + (16 - 4) // 2  # centred on the plan's average context
-    assert rec["run"]["fill"] == "prefill" and isinstance(rec["run"]["direct_io"], bool)
+    assert rec["run"]["fill"] == "prefill"
+    assert rec["run"]["direct_io"] is _takes_o_direct(disk)  # reports what the file system allowed
     m = rec["measured"]
     assert m["per_layer_busy_s"]["disk_read"] > 0 and m["per_layer_busy_s"]["disk_write"] > 0
     assert m["link_bytes_per_step"]["disk_read"] > 0
@@ -179,3 +192,72 @@ def test_solve_then_execute_on_this_machine(run_cli, tmp_path, local_profile_pat
     rec = json.loads((tmp_path / "run.json").read_text())
     assert rec["predicted"]["decode_step_s"] > 0
     assert {r["quantity"] for r in rec["comparison"]} >= {"layer time", "decode step (all layers)"}
+
+
+def test_steps_and_layers_zero_refused_before_allocating(run_cli, write_json, tmp_path, monkeypatch):
+    """--steps 0 and --layers 0 are not 'the default': one line, exit 2, before the memory check."""
+    def no_allocation(_setup):
+        raise AssertionError("the run got as far as checking memory")
+
+    monkeypatch.setattr("runtime.run.check_fits", no_allocation)
+    plan = write_json("plan.json", tiny_plan())
+    for option in ("--steps", "--layers"):
+        result = run_cli("execute", plan, option, "0", "--disk-dir", tmp_path)
+        assert result.exit_code == 2, result.stderr
+        assert result.stderr.startswith("Error:") and result.stderr.count("\n") == 1, result.stderr
+        assert option in result.stderr and "got 0" in result.stderr
+
+
+def test_progress_on_stderr_and_notes_say_what_ran(run_cli, write_json, tmp_path, no_local_profile):
+    plan = write_json("plan.json", tiny_plan(split_tokens=0, kv_placement=RAM, x_placement=RAM))
+    result = run_cli("execute", plan, "--steps", "3", "--layers", "2", "--fill", "random", "--disk-dir", tmp_path,
+                     "--out", tmp_path / "run.json")
+    assert result.exit_code == 0, result.stderr
+    assert "decode step 1/3" in result.stderr and "decode step 3/3" in result.stderr
+    assert "random values" in result.stderr
+    assert "decode step 1/3" not in result.stdout  # progress stays off the table
+    rec = json.loads((tmp_path / "run.json").read_text())
+    layers_note = next(n for n in rec["notes"] if n.startswith("--layers 2"))
+    assert "cycling through 2 stored" in layers_note and "prefill" not in layers_note  # no prefill ran
+    assert any(f"{rec['run']['torch_threads']} torch threads" in n for n in rec["notes"])
+    quiet = run_cli("execute", plan, "--steps", "2", "--fill", "random", "--quiet", "--disk-dir", tmp_path)
+    assert quiet.exit_code == 0 and "decode step 1/" not in quiet.stderr
+
+
+def test_load_above_the_cpu_count_is_warned_in_table_record_and_report(run_cli, write_json, tmp_path,
+                                                                       no_local_profile, monkeypatch):
+    import os
+
+    from planner.report.runs import run_record_from_dict
+
+    cpus = os.cpu_count() or 1
+    monkeypatch.setattr("runtime.run.os.getloadavg", lambda: (cpus + 3.0, 1.0, 1.0))
+    plan = write_json("plan.json", tiny_plan(split_tokens=0, kv_placement=RAM, x_placement=RAM))
+    out = tmp_path / "run.json"
+    result = run_cli("execute", plan, "--steps", "2", "--fill", "random", "--disk-dir", tmp_path, "--out", out)
+    assert result.exit_code == 0, result.stderr
+    assert "WARNING: contended run" in result.stdout
+    assert f"warning: timings not trustworthy: load average {cpus + 3.0:.2f} on {cpus} CPUs" in result.stdout
+    rec = json.loads(out.read_text())
+    assert rec["run"]["warnings"][0].startswith(f"load average {cpus + 3.0:.2f}")
+    rec["prediction"] = {"decode_step_s": 0.01}
+    assert "[contended: load average" in run_record_from_dict(rec, "run.json").label
+
+
+def test_contention_warnings_from_the_runs_own_times():
+    from runtime.run import contention_warnings
+
+    run = {"cpu_count": 4, "load_average_1min": [1.0, 2.0], "torch_threads": 1}
+    calm = {"per_layer_busy_s": {"compute": 0.010}, "per_layer_compute_thread_cpu_s": 0.0095,
+            "step_wall_s": [0.5, 0.10, 0.11, 0.12]}
+    assert contention_warnings(run, calm, [1, 2, 3]) == []  # step 0 (warm-up) is not compared
+    crowded = dict(calm, per_layer_compute_thread_cpu_s=0.005)
+    assert contention_warnings(run, crowded, [1, 2, 3]) == [
+        "the compute thread ran only 50% of its busy time (it waited for a CPU the rest)"]
+    # with several torch threads the calling thread's CPU time is not the whole compute: no verdict
+    assert contention_warnings(dict(run, torch_threads=2), crowded, [1, 2, 3]) == []
+    uneven = dict(calm, step_wall_s=[0.1, 0.10, 0.25, 0.11])
+    assert contention_warnings(run, uneven, [1, 2, 3]) == ["measured steps ranged from 100.0 to 250.0 ms"]
+    loaded = dict(run, load_average_1min=[3.0, 4.5])
+    assert contention_warnings(loaded, calm, [1, 2, 3]) == ["load average 4.50 on 4 CPUs: other processes "
+                                                            "competed for the CPUs"]

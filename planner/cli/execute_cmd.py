@@ -26,7 +26,9 @@ def _fmt(v, unit: str) -> str:
 @click.argument("plan_file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--steps", type=int, default=None, help="Decode steps to run (default: min(gen, 16)), centred on the "
               "plan's average context.")
-@click.option("--layers", type=int, default=None, help="Run only K decoder layers and scale times by L/K.")
+@click.option("--layers", type=int, default=None, help="Store only K decoder layers' weights and caches; every "
+              "decode step still runs all L layers, cycling through the K stored ones (real I/O and compute per "
+              "layer, logits not meaningful). A prefill runs the K layers and is scaled by L/K.")
 @click.option("--disk-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder for the disk tier's files (default: the system temp folder).")
 @click.option("--weights", "weights_dir", type=click.Path(file_okay=False, exists=True, path_type=Path),
@@ -37,13 +39,15 @@ def _fmt(v, unit: str) -> str:
 @click.option("--fill", type=click.Choice(["auto", "prefill", "random"]), default="auto", show_default=True,
               help="Fill the caches by a real prefill, or with random values (timing only; fast at long contexts).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--threads", type=int, default=None, help="torch threads for the compute (default: torch's choice).")
+@click.option("--threads", type=int, default=None, help="torch threads for the compute (default: the count the "
+              "--profile / local profile was measured with on a CPU, else torch's default; the run prints which).")
+@click.option("--quiet", is_flag=True, help="No progress lines on stderr.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights and tokens.")
 @click.option("--out", "out_path", type=OutputPath(dir_okay=False, path_type=Path), default=None,
               help="Write the full run record (JSON) here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run record as JSON instead of tables.")
-def command(plan_file: Path, steps, layers, disk_dir, weights_dir, profile_path, fill, device, threads, seed,
-            out_path, as_json) -> None:
+def command(plan_file: Path, steps, layers, disk_dir, weights_dir, profile_path, fill, device, threads, quiet,
+            seed, out_path, as_json) -> None:
     """Run a plan for real and report measured vs predicted time per resource."""
     from runtime.run import RunOptions, execute_plan  # torch is imported only when a run is asked for
 
@@ -51,7 +55,8 @@ def command(plan_file: Path, steps, layers, disk_dir, weights_dir, profile_path,
     plan = load_plan(plan_file)
     record = execute_plan(plan, RunOptions(steps=steps, layers=layers, disk_dir=disk_dir, weights_dir=weights_dir,
                                            profile_path=profile_path, fill=fill, device=device, seed=seed,
-                                           threads=threads))
+                                           threads=threads,
+                                           progress=None if quiet else lambda line: click.echo(line, err=True)))
     record["plan_file"] = str(plan_file)
     if out_path is not None:
         write_json_atomic(out_path, record)
@@ -66,11 +71,16 @@ def command(plan_file: Path, steps, layers, disk_dir, weights_dir, profile_path,
                f"{run['layers_run']}/{run['layers_total']} layers, fill={run['fill']}, "
                f"direct I/O={'yes' if run['direct_io'] else 'no'}, {run['torch_threads']} torch threads, "
                f"load average {run['load_average_1min'][0]:.2f} on {run['cpu_count']} CPUs")
+    warnings = [f"timings not trustworthy: {w}" for w in run.get("warnings", [])]
     rows = []
     for r in record["comparison"]:
         gap = "" if r["gap_pct"] is None else f"{r['gap_pct']:+.1f}%"
         rows.append([r["quantity"], _fmt(r["predicted"], r["unit"]), _fmt(r["measured"], r["unit"]), gap])
+    if warnings:
+        rows.append([f"WARNING: contended run, {len(warnings)} warning(s) below", "", "", ""])
     print_table("predicted vs measured", ["quantity", "predicted", "measured", "gap"], rows)
+    for w in warnings:
+        click.echo(f"warning: {w}")
     m = record["measured"]
     click.echo(f"LM head + embedding per step (not in the plan's decode step): {m['head_s'] * 1e3:.2f} ms")
     if run["torch_threads"] == 1 and m["per_layer_busy_s"]["compute"] > 0:

@@ -216,7 +216,7 @@ def busy_thread(work: Callable[[], object] | None) -> Iterator[None]:
 def _disk_file_class():
     """The runtime's disk file (O_DIRECT, aligned staging, tail-page cache), which the write-back and
     disk->device probes time."""
-    from runtime.tiers import DiskFile
+    from planner.directio import DiskFile
     return DiskFile
 
 

@@ -4,6 +4,8 @@ A run record holds a "measured" object next to the plan's prediction, with the s
 plan's "prediction" (seconds, tokens per second). The prediction is read from the record's
 "prediction" (or "predicted") object, or from the plan embedded under "plan"; the run's model,
 context, batch and strategy from the embedded plan, or from the record's own "inputs"/"decisions".
+A record whose run carries warnings (load above the CPU count, a crowded-out compute thread) says so
+in its label, which the report's measured table and figure show.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ class RunRecord:
     label: str
     predicted: dict[str, float]
     measured: dict[str, float]
+    # why the run's timings may not be evidence (kvplan execute's run.warnings: load, contention)
+    warnings: tuple[str, ...] = ()
 
     def metrics(self) -> list[str]:
         return [m for m in METRICS if m in self.predicted and m in self.measured]
@@ -84,7 +88,13 @@ def run_record_from_dict(data: Any, source: str) -> RunRecord:
         parts.append(f"batch {decisions['batch']}")
     if "strategy" in decisions:
         parts.append(str(decisions["strategy"]))
-    return RunRecord(source=source, label=" ".join(parts), predicted=predicted, measured=measured)
+    warnings = tuple(str(w) for w in run.get("warnings", []) if isinstance(w, str)) if isinstance(
+        run.get("warnings"), list) else ()
+    if warnings:
+        more = f" (+{len(warnings) - 1} more)" if len(warnings) > 1 else ""
+        parts.append(f"[contended: {warnings[0]}{more}]")
+    return RunRecord(source=source, label=" ".join(parts), predicted=predicted, measured=measured,
+                     warnings=warnings)
 
 
 def load_runs(paths: list[str | Path]) -> list[RunRecord]:
@@ -93,6 +103,6 @@ def load_runs(paths: list[str | Path]) -> list[RunRecord]:
     # Number the runs and name their files, so the figure's bars and the table's rows match up.
     return [
         RunRecord(r.source, f"{i + 1}. {r.label}" + (f" ({Path(r.source).name})" if labels.count(r.label) > 1 else ""),
-                  r.predicted, r.measured)
+                  r.predicted, r.measured, r.warnings)
         for i, r in enumerate(records)
     ]
