@@ -1,11 +1,7 @@
 """Hostile inputs through the CLI, the way a careless or malicious user gives them: names with control
 characters, wrong-typed, NaN and huge numbers, truncated and wrong-kind JSON files, bad config.json fields,
 output paths that are the command's own inputs. Every one must end in exit code 2, exactly one line on
-stderr ("Error: ..."), no traceback, and no file written or changed.
-
-Cases that need another part of issue 15 (the runtime's refusals) are marked
-xfail(strict=True): they fail until that part is merged, then xpass, which fails the suite so the mark is
-removed."""
+stderr ("Error: ..."), no traceback, and no file written or changed."""
 
 from __future__ import annotations
 

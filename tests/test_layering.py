@@ -6,8 +6,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -65,12 +63,7 @@ def test_runtime_never_imports_the_search_or_the_cli():
     assert _offenders(_graph("runtime"), ("planner.search", "planner.cli")) == []
 
 
-def test_planner_outside_the_cli_never_imports_the_runtime_apart_from_profiling():
-    assert _offenders(_graph("planner"), ("runtime",), skip=("planner.cli", "planner.profiling")) == []
-
-
-@pytest.mark.xfail(reason="planner/profiling still imports runtime (probes helper)", strict=False)
-def test_profiling_never_imports_the_runtime():
+def test_planner_outside_the_cli_never_imports_the_runtime():
     assert _offenders(_graph("planner"), ("runtime",), skip=("planner.cli",)) == []
 
 
