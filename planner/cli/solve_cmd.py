@@ -19,24 +19,7 @@ from planner.plan import save_plan
 from planner.profile import find_local_profile, load_profile
 from planner.search import SolveRequest, solve
 from planner.search.request import DEFAULT_MAX_BATCH, MAX_BATCH, REQUEST_STRATEGIES
-from planner.units import escape_name
-
-_SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
-_UNITS = {"": 1e9, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9, "t": 1e12, "tb": 1e12,
-          "ki": 2**10, "kib": 2**10, "mi": 2**20, "mib": 2**20, "gi": 2**30, "gib": 2**30, "ti": 2**40, "tib": 2**40}
-
-
-def parse_size(text: str | None, option: str) -> int | None:
-    """'24GB' / '24G' (1e9), '24GiB' (2**30), '512MB', or a bare number of GB."""
-    if text is None:
-        return None
-    m = _SIZE.match(text)
-    if not m:
-        raise KvplanError(f"{option} must be a size like 24GB, 24GiB or 512MB, got {text!r}")
-    value = float(m.group(1)) * _UNITS[(m.group(2) or "").lower()]
-    if value > 1e16:
-        raise KvplanError(f"{option} {text!r} is absurdly large")
-    return int(value)
+from planner.units import SIZE_HELP, escape_name, parse_bytes
 
 
 def parse_batch(text: str) -> int | None:
@@ -169,9 +152,9 @@ def _tiers(frac: dict[str, float]) -> str:
               help=f"{' | '.join(REQUEST_STRATEGIES)}: pin one strategy as a baseline; auto searches them all.")
 @click.option("--dtype", default=None,
               help="float16 | bfloat16 | float32 (default: the model's dtype on a GPU, float32 on a CPU-only profile).")
-@click.option("--gpu-mem", "gpu_mem", default=None, help="Cap on device memory, e.g. 24GB.")
-@click.option("--cpu-mem", "cpu_mem", default=None, help="Cap on host memory, e.g. 64GB.")
-@click.option("--disk", "disk", default=None, help="Cap on disk space, e.g. 500GB.")
+@click.option("--gpu-mem", "gpu_mem", default=None, help=f"Cap on device memory, e.g. 24GB; {SIZE_HELP}.")
+@click.option("--cpu-mem", "cpu_mem", default=None, help="Cap on host memory, e.g. 64GB (units as --gpu-mem).")
+@click.option("--disk", "disk", default=None, help="Cap on disk space, e.g. 500GB (units as --gpu-mem).")
 @click.option("-o", "--output", type=OutputPath(dir_okay=False), default=None,
               help="Plan file (default: plans/<model>-<hardware>-s<seq>-g<gen>-b<batch>.json; if that file holds "
               "a plan for another request, the name gets the request's key).")
@@ -194,8 +177,8 @@ def command(model_name: str, seq: int, gen: int | None, prompt: int | None, batc
         raise KvplanError(f"--gen must be in [1, seq - 1] = [1, {seq - 1}], got {gen}")
     request = SolveRequest(
         model=load_model(model_name), seq=seq, gen=gen, prompt=prompt, batch=parse_batch(batch_text),
-        objective=objective, strategy=strategy, dtype=dtype, gpu_mem_bytes=parse_size(gpu_mem, "--gpu-mem"),
-        cpu_mem_bytes=parse_size(cpu_mem, "--cpu-mem"), disk_bytes=parse_size(disk, "--disk"), max_batch=max_batch,
+        objective=objective, strategy=strategy, dtype=dtype, gpu_mem_bytes=parse_bytes(gpu_mem, "--gpu-mem"),
+        cpu_mem_bytes=parse_bytes(cpu_mem, "--cpu-mem"), disk_bytes=parse_bytes(disk, "--disk"), max_batch=max_batch,
     )
     profile = hardware.compose(resolve_profile(profile_path, gpu))
     check_request_fits(profile, request.cpu_mem_bytes)
