@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from multiprocessing import get_context
+from multiprocessing import get_context, resource_tracker
 
 from planner.errors import KvplanError
 from planner.models import ModelConfig
@@ -130,6 +130,8 @@ def run_local(context: SweepContext, cells: Sequence[Cell], jobs: int, advance: 
         return results
     chunks = _chunks(cells, jobs)
     results: list[CellResult] = []
+    # The resource tracker must run before the block: starting it unblocks SIGINT on its way out.
+    resource_tracker.ensure_running()
     with sigint_blocked():
         pool = ProcessPoolExecutor(max_workers=min(jobs, len(chunks)), mp_context=get_context("spawn"),
                                    initializer=worker_init, initargs=(os.getpid(),))
