@@ -150,7 +150,7 @@ def lost_sentence(engine: str, plan: Plan, d: Decisions, pred: dict[str, Any]) -
         missing.append("has no CPU attention")
     if p.kv_placement["device"] < 1.0 and d.kv_placement["device"] == 1.0:
         missing.append("keeps every running sequence's K,V in GPU memory (no host or disk K,V)")
-    if p.num_gpu_batches > 1 and d.num_gpu_batches == 1:
+    if engine != "flexgen" and p.num_gpu_batches > 1 and d.num_gpu_batches == 1:
         missing.append(f"runs the batch as one (the plan loads weights once per {p.num_gpu_batches} GPU batches)")
     if d.batch != p.batch:
         missing.append(f"fits batch {d.batch} instead of {p.batch}")
