@@ -158,7 +158,7 @@ def _move_into_place(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _write_files(folder: Path, grid: Grid, frame: pd.DataFrame, content: ReportContent, config: dict,
+def _write_files(folder: Path, frame: pd.DataFrame, content: ReportContent, config: dict,
                  step: Callable[[str], None]) -> list[Path]:
     step("writing the report: results table")
     files: list[Path] = [write_bytes_atomic(folder / "results.csv", to_csv_text(frame).encode())]
@@ -196,7 +196,7 @@ def write_report(
     }
     tmp = _make_sibling(out)
     try:
-        names = _write_files(tmp, grid, frame, content, config, step)
+        names = _write_files(tmp, frame, content, config, step)
         step(f"writing the report: moving it into {out}")
         _move_into_place(tmp, out)
     except BaseException:
