@@ -57,8 +57,9 @@ def vllm_serve_parser() -> argparse.ArgumentParser:
 
 @pytest.fixture(scope="module")
 def plans(tmp_path_factory):
-    """Plans solved here: a mixed OPT-6.7B plan on an A100 (recomputes part of the context), the same
-    request pinned to recompute, and a CPU-attention OPT-6.7B plan on a T4."""
+    """Plans solved here, each pinned so that what it does is known: OPT-6.7B on an A100 pinned to
+    recompute (part of the context recomputed from X), and OPT-6.7B at 8k on a T4 pinned to
+    cpu-attention (K,V on the host, attention on the CPU, no recompute)."""
     from click.testing import CliRunner
 
     from planner.cli import main
@@ -68,7 +69,7 @@ def plans(tmp_path_factory):
     for name, args in {
         "recompute": ["--model", "opt-6.7b", "--seq", "1152", "--batch", "64", "--gpu", "a100-40g-pcie",
                       "--strategy", "recompute"],
-        "t4": ["--model", "opt-6.7b", "--seq", "8192", "--gpu", "t4"],
+        "t4": ["--model", "opt-6.7b", "--seq", "8192", "--gpu", "t4", "--strategy", "cpu-attention"],
     }.items():
         path = folder / f"{name}.json"
         result = CliRunner().invoke(main, ["solve", *args, "-o", str(path)], catch_exceptions=False)
@@ -197,8 +198,12 @@ def test_export_cli_writes_atomically_and_refuses_to_overwrite_its_input(run_cli
     assert plan_path.read_bytes() == before
 
 
-def test_export_refuses_a_profile_other_than_the_plans(run_cli, plans, tmp_path):
+def test_export_refuses_another_profile_and_warns_of_a_revised_one(run_cli, plans, tmp_path):
     plan_path = tmp_path / "p.json"
     plan_path.write_text(json.dumps(plans["t4"].data))
     result = run_cli("export", plan_path, "--to", "flexgen", "--gpu", "l4")
     assert result.exit_code == 2 and "is not the one the plan was solved with" in result.stderr
+    revised = dict(plans["t4"].data, hardware=dict(plans["t4"].data["hardware"], profile_hash="0123456789abcdef"))
+    plan_path.write_text(json.dumps(revised))
+    result = run_cli("export", plan_path, "--to", "flexgen")
+    assert result.exit_code == 0 and "has changed since the plan was solved (hash 0123456789abcdef" in result.stderr

@@ -35,8 +35,9 @@ def test_gains_print_with_the_sign_of_the_plan_json():
 
 def test_solve_and_explain_print_long_steps_in_seconds_and_json_signs(run_cli, tmp_path):
     plan_path = tmp_path / "p.json"
-    # OPT-6.7B at 8k on a T4: the K,V live on the host and the decode step takes seconds.
-    solved = run_cli("solve", "--model", "opt-6.7b", "--seq", "8192", "--gpu", "t4", "-o", plan_path)
+    # OPT-6.7B at 8k on a T4, 32 sequences with attention on the CPU: the decode step takes seconds.
+    solved = run_cli("solve", "--model", "opt-6.7b", "--seq", "8192", "--gpu", "t4", "--batch", "32",
+                     "--strategy", "cpu-attention", "-o", plan_path)
     assert solved.exit_code == 0, solved.output
     plan = json.loads(plan_path.read_text())
     step_s = plan["prediction"]["decode_step_s"]
@@ -48,8 +49,11 @@ def test_solve_and_explain_print_long_steps_in_seconds_and_json_signs(run_cli, t
         gain = plan["prediction"]["gain_over_transfer"]
         assert f"throughput {gain['throughput_pct']:+.1f}%, decode step {gain['decode_step_pct']:+.1f}%" in out
     d = plan["decisions"]
-    assert f"batch {d['batch']} = {d['num_gpu_batches']} GPU batches of {d['gpu_batch']}" in solved.stdout
-    assert "K,V 0/100/0% (device/host/disk)" in solved.stdout
+    split = f"= {d['num_gpu_batches']} GPU batches of {d['gpu_batch']}" if d["num_gpu_batches"] > 1 \
+        else "(one GPU batch)"
+    assert f"batch {d['batch']} {split}" in solved.stdout
+    kv = "/".join(f"{100 * d['kv_placement'][t]:.0f}" for t in ("device", "host", "disk"))
+    assert f"K,V {kv}% (device/host/disk)" in solved.stdout
 
 
 def test_explain_says_batch_not_gpu_batch_on_a_cpu_only_profile(run_cli, tmp_path, local_profile_path):

@@ -11,7 +11,7 @@ import click
 from planner.cli.output import echo_json
 from planner.cli.plan_text import batch_text, tier_text
 from planner.errors import KvplanError
-from planner.export import ENGINES, export_plan, profile_for_plan
+from planner.export import ENGINES, export_plan, profile_for_plan, profile_note
 from planner.jsonio import dumps_canonical, write_text_atomic
 from planner.plan import load_plan
 from planner.units import format_seconds
@@ -63,6 +63,9 @@ def command(plan_file: str, engine: str, profile_path: str | None, gpu: str | No
         _refuse_input(Path(output), [plan_file, profile_path])
     plan = load_plan(plan_file)
     profile = profile_for_plan(plan, profile_path, gpu)
+    note = profile_note(plan, profile)
+    if note:
+        click.echo(f"Warning: {note}", err=True)
     ex = export_plan(plan, profile, engine, offload_dir)
     text = dumps_canonical(ex.to_dict()) if as_json else ex.rendered.text
     if output is not None:

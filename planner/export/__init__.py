@@ -12,7 +12,7 @@ from planner.export.policy import ENGINES, EnginePlan, engine_plan
 from planner.plan import Plan
 from planner.profile import Profile, find_local_profile, load_profile
 
-__all__ = ["ENGINES", "Export", "export_plan", "profile_for_plan"]
+__all__ = ["ENGINES", "Export", "export_plan", "profile_for_plan", "profile_note"]
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,8 @@ class Export:
 
 def profile_for_plan(plan: Plan, profile_path: str | None = None, gpu: str | None = None) -> Profile:
     """The profile the plan was solved with: the one given, else the datasheet or local profile of the
-    plan's name; its hash must match the plan's."""
+    plan's name. Another profile's name is refused; the same name with another hash (the profile was
+    measured or revised since) is used, and `profile_note` says so."""
     hw = plan.data["hardware"]
     if profile_path or gpu:
         profile = load_profile(profile_path, gpu)
@@ -47,10 +48,19 @@ def profile_for_plan(plan: Plan, profile_path: str | None = None, gpu: str | Non
             raise KvplanError(f"the plan was solved with the measured profile '{hw['profile_name']}'; give it with "
                               "--profile FILE")
         profile = load_profile(local)
-    if profile.profile_hash != hw.get("profile_hash"):
-        raise KvplanError(f"profile '{profile.name}' (hash {profile.profile_hash}) is not the one the plan was solved "
-                          f"with ('{hw['profile_name']}', hash {hw.get('profile_hash')}); give that one with --profile")
+    if profile.name != hw.get("profile_name"):
+        raise KvplanError(f"profile '{profile.name}' is not the one the plan was solved with ('{hw['profile_name']}'); "
+                          "give that one with --profile")
     return profile
+
+
+def profile_note(plan: Plan, profile: Profile) -> str | None:
+    """A warning when the profile has the plan's name but not its hash."""
+    hw = plan.data["hardware"]
+    if profile.profile_hash == hw.get("profile_hash"):
+        return None
+    return (f"profile '{profile.name}' has changed since the plan was solved (hash {hw.get('profile_hash')}, now "
+            f"{profile.profile_hash}): the engine's prediction uses the current profile, the plan's is as written")
 
 
 def export_plan(plan: Plan, profile: Profile, engine: str, offload_dir: str | None = None) -> Export:
