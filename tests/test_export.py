@@ -207,3 +207,13 @@ def test_export_refuses_another_profile_and_warns_of_a_revised_one(run_cli, plan
     plan_path.write_text(json.dumps(revised))
     result = run_cli("export", plan_path, "--to", "flexgen")
     assert result.exit_code == 0 and "has changed since the plan was solved (hash 0123456789abcdef" in result.stderr
+
+
+def test_a_cpu_only_plan_is_refused_in_one_line(run_cli, tmp_path, local_profile_path):
+    plan_path = tmp_path / "cpu.json"
+    solved = run_cli("solve", "--model", "opt-125m", "--seq", "512", "--batch", "2", "--profile", local_profile_path,
+                     "-o", plan_path)
+    assert solved.exit_code == 0, solved.output
+    result = run_cli("export", plan_path, "--to", "accelerate", "--profile", local_profile_path)
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1
+    assert "the plan is for a CPU-only profile" in result.stderr

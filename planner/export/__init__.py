@@ -64,6 +64,9 @@ def profile_note(plan: Plan, profile: Profile) -> str | None:
 
 
 def export_plan(plan: Plan, profile: Profile, engine: str, offload_dir: str | None = None) -> Export:
+    if profile.host_is_device:
+        raise KvplanError(f"the plan is for a CPU-only profile ('{profile.name}'); export writes GPU settings "
+                          f"for {engine}, which would not describe this plan")
     ep = engine_plan(plan, profile, engine)
     if engine == "flexgen":
         rendered = engines.flexgen(plan, ep, offload_dir)
