@@ -23,8 +23,8 @@ import pytest
 
 from planner.export import export_plan, profile_for_plan
 from planner.layer_costs import layer_weight_bytes
+from planner.placement import layer_counts
 from planner.plan import load_plan
-from planner.search.evaluate import layer_split
 
 GIB = 2**30
 
@@ -126,7 +126,7 @@ def test_vllm_flags_parse_with_engine_arg_definitions_and_memory_adds_up(plans):
     assert d.kv_placement["device"] == 1.0 and d.attention_where == "device" and d.weight_placement["disk"] == 0
     assert d.num_gpu_batches == 1 and d.gpu_batch == d.batch
     assert (ns.max_model_len, ns.max_num_seqs, ns.swap_space) == (plan.seq, d.batch, 0)
-    host_layers = layer_split(d, plan.model.num_layers)["host"]
+    host_layers = layer_counts(d.weight_placement, plan.model.num_layers)["host"]
     host_bytes = host_layers * layer_weight_bytes(plan.model, d.dtype)
     assert host_bytes <= ns.cpu_offload_gb * GIB < host_bytes + 0.01 * GIB
     device = ep.prediction["memory_bytes"]["device"]
@@ -160,7 +160,7 @@ def test_accelerate_device_map_and_max_memory_through_accelerates_own_api(run_cl
     plan = load_plan(tmp_path / "plan.json")
     ex = _export(plan, "accelerate", offload_dir=str(tmp_path / "off"))
     dmap, mem = ex.rendered.options["device_map"], ex.rendered.options["max_memory"]
-    layers = layer_split(ex.engine_plan.decisions, plan.model.num_layers)
+    layers = layer_counts(ex.engine_plan.decisions.weight_placement, plan.model.num_layers)
     assert all(layers[t] > 0 for t in ("device", "host", "disk"))
     with accelerate.init_empty_weights():
         model = AutoModelForCausalLM.from_config(LlamaConfig(**json.loads(config.read_text())),

@@ -13,9 +13,9 @@ from typing import Any
 from planner.export.policy import EnginePlan, percent_split
 from planner.layer_costs import layer_weight_bytes
 from planner.models import DTYPE_BYTES, ModelConfig
+from planner.placement import layer_counts
 from planner.plan import Plan
 from planner.profile import Profile
-from planner.search.evaluate import layer_split
 
 GIB = 2**30
 FLEXGEN_DEFAULT_OFFLOAD_DIR = "./flexgen_offload_dir"  # flex_opt.py's own default
@@ -36,7 +36,7 @@ def hf_id(model: ModelConfig) -> str:
 
 
 def _layers(plan: Plan, ep: EnginePlan) -> dict[str, int]:
-    return layer_split(ep.decisions, plan.model.num_layers)
+    return layer_counts(ep.decisions.weight_placement, plan.model.num_layers)
 
 
 def flexgen(plan: Plan, ep: EnginePlan, offload_dir: str | None) -> Rendered:
