@@ -17,15 +17,9 @@ import resource
 import tempfile
 import time
 
-from planner.report.sweep import (
-    Grid,
-    parse_batches,
-    parse_seqs,
-    parse_strategies,
-    resolve_gpus,
-    resolve_models,
-    run_sweep,
-)
+from planner.report.execute import run_sweep
+from planner.report.grid import Grid
+from planner.report.options import parse_batches, parse_seqs, parse_strategies, resolve_gpus, resolve_models
 from planner.report.write import write_report
 
 GPUS = "a100-40g-pcie,h100-sxm,l4,t4,a10g"
@@ -70,7 +64,7 @@ def main() -> None:
             load = os.getloadavg()[0]
             cpu_before = _cpu_s()
             start = time.perf_counter()
-            results = run_sweep(grid, jobs=jobs, progress=False)
+            results = run_sweep(grid, jobs=jobs)
             solve_s = time.perf_counter() - start
             cpu_s = _cpu_s() - cpu_before
             write_s = float("nan")
@@ -79,9 +73,9 @@ def main() -> None:
                     start = time.perf_counter()
                     write_report(out, grid, results, [])
                     write_s = time.perf_counter() - start
-            feasible = sum(r.status == "feasible" for r in results)
-            print(f"{grid_name:<6} {len(results):>7} {jobs:>4} {load:>5.1f} {solve_s:>8.1f} {cpu_s:>6.1f} "
-                  f"{solve_s / len(results) * 1e3:>9.1f} {write_s:>7.1f} {feasible:>8}", flush=True)
+            feasible = sum(r.status == "feasible" for r in results)  # cells with a plan
+            print(f"{grid_name:<6} {grid.size:>7} {jobs:>4} {load:>5.1f} {solve_s:>8.1f} {cpu_s:>6.1f} "
+                  f"{solve_s / grid.size * 1e3:>9.1f} {write_s:>7.1f} {feasible:>8}", flush=True)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from planner.errors import KvplanError
-from planner.report.sweep import parse_batches, parse_seqs
+from planner.report.options import parse_batches, parse_seqs
 
 # A small grid that still exercises feasible and infeasible cells: OPT-1.3B (MHA, so recompute can
 # pay) on a T4 and an A100; the KV of batch 64 at 16k tokens does not fit a T4 resident.
@@ -48,7 +48,8 @@ def test_parse_seqs_lists_ranges_and_suffixes():
     ("4k:1k:x2", "is empty"),
     ("1k:2k", "START:STOP:STEP"),
     ("1k:8k:x1", "x2, x4"),
-    ("abc", "not a whole number"),
+    ("abc", "whole number"),
+    ("1e23", r"whole number of tokens in \[1, 10,000,000\]"),
     ("1k:8k:+0", "step must be positive"),
 ])
 def test_parse_seqs_rejects_bad_ranges(spec, message):
@@ -152,7 +153,8 @@ def test_json_summary(run_cli, tmp_path):
     (["--models", "opt-125m", "--gpus", "t5", "--seqs", "1k"], "unknown GPU 't5'"),
     (["--models", "opt-125m", "--gpus", "t4", "--seqs", "8k:1k:x2"], "is empty"),
     (["--models", "opt-125m", "--gpus", "t4", "--seqs", "1k:8k"], "START:STOP:STEP"),
-    (["--models", "opt-125m", "--gpus", "t4", "--seqs", "12q"], "not a whole number"),
+    (["--models", "opt-125m", "--gpus", "t4", "--seqs", "12q"], "is not a token count"),
+    (["--models", "opt-125m", "--gpus", "t4", "--seqs", "1e23"], "--seqs: '1e23' must be a whole number"),
     (["--models", "opt-125m", "--gpus", "t4"], "--seqs is required"),
     (["--models", "", "--gpus", "t4", "--seqs", "1k"], "--models is empty"),
     (["--models", "opt-125m", "--seqs", "1k"], "--gpus is empty"),
@@ -205,16 +207,17 @@ def test_latency_objective_picks_the_shortest_step(run_cli, tmp_path):
 
 def test_a_planner_crash_is_an_error_row_not_a_lost_sweep(tmp_path):
     from planner.models import load_model
-    from planner.report.sweep import Config, Grid, SweepContext, resolve_gpus, solve_chunk
+    from planner.report.execute import solve_chunk
+    from planner.report.grid import Cell, Grid, SweepContext
+    from planner.report.options import resolve_gpus
     from planner.report.write import write_report
 
     model, gpu = load_model("opt-125m"), resolve_gpus(["t4"])[0]
     # A model record the planner cannot even build stands in for a planner bug.
     context = SweepContext(models={model.name: model.to_dict(), "broken": {"name": "broken"}},
                            profiles={gpu.name: gpu.data})
-    configs = [Config(0, model.name, "t4", 1024, 32, 8, "auto", "throughput"),
-               Config(1, "broken", "t4", 1024, 32, 8, "auto", "throughput")]
-    results = solve_chunk(context, configs)
+    cells = [Cell(0, model.name, "t4", 1024, 32, 8, "throughput"), Cell(1, "broken", "t4", 1024, 32, 8, "throughput")]
+    results = solve_chunk(context, cells)
     assert [r.status for r in results] == ["feasible", "error"]
     assert results[1].reason.startswith("internal error: TypeError")
     grid = Grid(models=(model,), gpus=(gpu,), seqs=(1024,), batches=(8,), gen=32, strategies=("auto",),

@@ -86,6 +86,7 @@ def _register() -> None:
         demo_cmd,
         execute_cmd,
         explain_cmd,
+        export_cmd,
         gpus_cmd,
         models_cmd,
         predict_cmd,
@@ -96,7 +97,7 @@ def _register() -> None:
     )
 
     for module in (models_cmd, gpus_cmd, profile_cmd, predict_cmd, solve_cmd, explain_cmd, execute_cmd, report_cmd,
-                   demo_cmd, schema_cmd):
+                   demo_cmd, schema_cmd, export_cmd):
         main.add_command(module.command)
 
 

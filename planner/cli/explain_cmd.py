@@ -6,13 +6,13 @@ from typing import Any
 
 import click
 
-from planner.cli.output import human_bytes
-from planner.cli.solve_cmd import gain_lines
+from planner.cli.plan_text import batch_text, batch_word, gain_lines
 from planner.errors import KvplanError
 from planner.hardware import parts_line, provenance_line
 from planner.layer_costs import kv_bytes_per_token, layer_weight_bytes, recompute_saves_bytes, x_bytes_per_token
 from planner.placement import layer_counts
 from planner.plan import load_plan
+from planner.units import format_bytes, format_seconds
 
 BAR_WIDTH = 40
 RESOURCE_WORDS = {
@@ -28,10 +28,6 @@ RESOURCE_WORDS = {
     "device_memory": "device memory bandwidth (weights, K,V and X read each step)",
     "host_memory": "host memory bandwidth (CPU attention reads the K,V)",
 }
-
-
-def _ms(s: float) -> str:
-    return f"{s * 1e3:.3f} ms"
 
 
 def _bar(value: float, longest: float) -> str:
@@ -67,9 +63,10 @@ def explain_lines(plan_data: dict[str, Any], model, seq: int, prompt: int, gen: 
     out.append("What goes where")
     layers = layer_counts(d.weight_placement, L)
     W = layer_weight_bytes(model, d.dtype)
-    out.append(f"  batch {d.batch} = {d.num_gpu_batches} GPU batch(es) of {d.gpu_batch}; each layer's weights are "
-               f"loaded once per block of {d.num_gpu_batches}")
-    out.append("  weights: " + ", ".join(f"{layers[t]} layers on {t} ({human_bytes(layers[t] * W)})"
+    cpu_only = hw.get("device_type") == "cpu"
+    out.append(f"  {batch_text(d.batch, d.gpu_batch, d.num_gpu_batches, cpu_only)}; each layer's weights are "
+               f"loaded once per block of {d.num_gpu_batches} {batch_word(cpu_only)}(es)")
+    out.append("  weights: " + ", ".join(f"{layers[t]} layers on {t} ({format_bytes(layers[t] * W)})"
                                         for t in ("device", "host", "disk") if layers[t]))
     kvpt = kv_bytes_per_token(model, d.dtype)
     xpt = x_bytes_per_token(model, d.dtype)
@@ -94,9 +91,10 @@ def explain_lines(plan_data: dict[str, Any], model, seq: int, prompt: int, gen: 
     busy = pred.get("per_layer_busy_s", {})
     bound_by = tl.get("bound_by", "?")
     out.append(f"Why: one decode step at the average context ({pred.get('average_context', '?')} tokens) takes "
-               f"{_ms(pred['decode_step_s'])}, bound by {RESOURCE_WORDS.get(bound_by, bound_by)}")
-    out.extend("  " + r for r in _reasons(d, layers, busy, pred["per_layer_step_s"]))
-    out.append(f"Per-layer timeline (one layer of one decode step; layer time {_ms(pred['per_layer_step_s'])})")
+               f"{format_seconds(pred['decode_step_s'])}, bound by {RESOURCE_WORDS.get(bound_by, bound_by)}")
+    out.extend("  " + r for r in _reasons(d, layers, busy, pred["per_layer_step_s"], cpu_only))
+    out.append("Per-layer timeline (one layer of one decode step; layer time "
+               f"{format_seconds(pred['per_layer_step_s'])})")
     rows = dict(busy)
     if tl.get("chain_s"):
         rows["chain"] = tl["chain_s"]
@@ -106,19 +104,20 @@ def explain_lines(plan_data: dict[str, Any], model, seq: int, prompt: int, gen: 
             continue
         mark = "  <- sets the step" if name == bound_by or (bound_by == "disk" and name.startswith("disk")) else ""
         busy_pct = 100 * value / pred["per_layer_step_s"] if pred["per_layer_step_s"] > 0 else 0.0
-        out.append(f"  {name:<10} {_bar(value, longest)} {_ms(value):>14} {busy_pct:5.0f}% busy{mark}")
+        out.append(f"  {name:<10} {_bar(value, longest)} {format_seconds(value):>14} {busy_pct:5.0f}% busy{mark}")
     overl = tl.get("overlapped", [])
     if len(overl) > 1:
         out.append(f"  overlapped (run at the same time): {', '.join(overl)}")
     for a, b in tl.get("serial", []):
         out.append(f"  serial: {a} then {b}" if (a, b) != ("disk_read", "disk_write")
                    else "  serial: disk reads and writes share one drive")
-    out.append(f"  prefill {pred['prefill_s']:.3f} s; total {pred['total_s']:.3f} s for {gen} tokens; "
+    out.append(f"  prefill {format_seconds(pred['prefill_s'])}; total {format_seconds(pred['total_s'])} for {gen} "
+               "tokens; "
                f"throughput {pred['throughput_tokens_per_s']:.2f} tok/s "
                f"(decode only {pred['decode_throughput_tokens_per_s']:.2f})")
     if "surrogate_decode_step_s" in pred:
-        out.append(f"  the MILP's linear model said {_ms(pred['surrogate_decode_step_s'])} per step; the full cost "
-                   f"models say {_ms(pred['decode_step_s'])}")
+        out.append(f"  the MILP's linear model said {format_seconds(pred['surrogate_decode_step_s'])} per step; "
+                   f"the full cost models say {format_seconds(pred['decode_step_s'])}")
     hedge = plan_data.get("solver", {}).get("split_hedge")
     if hedge:
         fast, _, slow = hedge["disk_time_scales"]
@@ -131,14 +130,14 @@ def explain_lines(plan_data: dict[str, Any], model, seq: int, prompt: int, gen: 
     usable = plan_data.get("solver", {}).get("usable_bytes", {})
     for tier, value in pred.get("memory_bytes", {}).items():
         cap = usable.get(tier)
-        extra = f" of {human_bytes(cap)} usable" if cap else ""
-        out.append(f"  {tier:<7} {human_bytes(value):>12}{extra}")
+        extra = f" of {format_bytes(cap)} usable" if cap else ""
+        out.append(f"  {tier:<7} {format_bytes(value):>12}{extra}")
     links = pred.get("link_bytes_per_step", {})
-    moved = ", ".join(f"{k} {human_bytes(v)}" for k, v in links.items() if v)
+    moved = ", ".join(f"{k} {format_bytes(v)}" for k, v in links.items() if v)
     out.append(f"  bytes moved per decode step: {moved or 'none'}")
     lb = plan_data.get("lower_bound", {})
     if lb.get("step_s"):
-        out.append(f"Lower bound: {_ms(lb['step_s'])} per step, bound by "
+        out.append(f"Lower bound: {format_seconds(lb['step_s'])} per step, bound by "
                    f"{RESOURCE_WORDS.get(lb['bound_by'], lb['bound_by'])} (the plan's own bytes over each memory's "
                    f"and link's bandwidth, or FLOPs over the peak); the plan is at {lb['distance']:.2f}x of it")
     base = plan_data.get("baselines", {})
@@ -147,23 +146,23 @@ def explain_lines(plan_data: dict[str, Any], model, seq: int, prompt: int, gen: 
         out.append("Pinned strategies (the same MILP with one strategy forced)")
         for name, b in base.items():
             if b.get("feasible"):
-                out.append(f"  {name:<14} step {_ms(b['decode_step_s']):>14}  throughput "
+                out.append(f"  {name:<14} step {format_seconds(b['decode_step_s']):>14}  throughput "
                            f"{b['throughput_tokens_per_s']:10.2f} tok/s  batch {b['batch']}")
             else:
                 out.append(f"  {name:<14} infeasible: {b.get('reason', '?')}")
-        out += [line.replace("  vs ", "  this plan vs ", 1) for line in gain_lines(pred, "  ")]
+        out += [line.replace("  gain vs ", "  this plan's gain vs ", 1) for line in gain_lines(pred, "  ")]
     for w in plan_data.get("warnings", []):
         out.append(f"Warning: {w}")
     return out
 
 
-def _reasons(d, layers: dict[str, int], busy: dict[str, float], layer_s: float) -> list[str]:
+def _reasons(d, layers: dict[str, int], busy: dict[str, float], layer_s: float, cpu_only: bool) -> list[str]:
     """Plain sentences for the choices the plan made, from its decisions and its busy times."""
     out = []
     streamed = layers["host"] + layers["disk"]
     if streamed:
         out.append(f"the weights do not all fit next to the rest: {streamed} layers stream in every step, "
-                   f"loaded once per block of {d.num_gpu_batches} GPU batch(es)")
+                   f"loaded once per block of {d.num_gpu_batches} {batch_word(cpu_only)}(es)")
     if d.attention_where == "cpu":
         out.append("attention runs next to the K,V in host memory: only q and the attention output cross the link, "
                    "the host CPU does the attention")
@@ -184,7 +183,7 @@ def _reasons(d, layers: dict[str, int], busy: dict[str, float], layer_s: float) 
 
 
 def _tier_text(frac: dict[str, float], total_bytes: float) -> str:
-    parts = [f"{100 * frac[t]:.1f}% on {t} ({human_bytes(frac[t] * total_bytes)})"
+    parts = [f"{100 * frac[t]:.1f}% on {t} ({format_bytes(frac[t] * total_bytes)})"
              for t in ("device", "host", "disk") if frac[t] > 0]
     return ", ".join(parts)
 

@@ -1,41 +1,45 @@
-"""`kvplan report`: solve a grid of models x GPUs x contexts x batches x strategies and write a
-capacity-planning report folder (results.csv/.parquet, report.html, report.md, figures/, config.json)."""
+"""`kvplan report`: solve a grid of models x GPUs x contexts x batches (each cell once; every strategy
+from that plan) and write a capacity-planning report folder (results.csv/.parquet, report.html,
+report.md, figures/, config.json)."""
 
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 
 import click
 
 from planner.cli.hardware import HardwareArgs, hardware_options
-from planner.cli.output import OutputPath, check_output_folder, echo_json, print_table
+from planner.cli.output import OutputPath, check_output_folder, echo_json
 from planner.errors import KvplanError
 from planner.profile import profile_from_dict
-from planner.report.runs import load_runs
-from planner.report.sweep import (
-    OBJECTIVES,
-    GpuEntry,
-    Grid,
-    effective_jobs,
+from planner.report.console import console_width, render
+from planner.report.execute import effective_jobs, run_sweep
+from planner.report.grid import OBJECTIVES, GpuEntry, Grid
+from planner.report.options import (
     parse_batches,
     parse_prices,
     parse_seqs,
     parse_strategies,
     resolve_gpus,
     resolve_models,
-    run_sweep,
 )
+from planner.report.progress import Progress
+from planner.report.runs import load_runs
 from planner.report.tables import best_gpu_table
 from planner.report.write import write_report
 
 MULTI = dict(multiple=True, metavar="A,B,...")
+# The console's best-GPU table drops these first when it does not fit the terminal.
+DROP_ORDER = ("its tokens/s", "its $/M tokens", "step", "batch", "$/M tokens", "strategy")
 
 
 @click.command("report")
 @click.option("--models", "-m", **MULTI,
-              help="Model names (kvplan models) or config.json paths; repeat or comma-separate.")
-@click.option("--gpus", "-g", **MULTI, help="Datasheet GPU names (kvplan gpus), or 'local' for this machine's profile.")
+              help="Model names (kvplan models), config.json paths, or 'all'; repeat or comma-separate.")
+@click.option("--gpus", "-g", **MULTI,
+              help="Datasheet GPU names (kvplan gpus), 'all' of them, or 'local' for this machine's profile.")
 @click.option("--profile", "profiles", multiple=True, type=click.Path(dir_okay=False),
               help="A profile JSON file to include as one more GPU (repeatable).")
 @click.option("--seqs", "-s", **MULTI,
@@ -43,7 +47,8 @@ MULTI = dict(multiple=True, metavar="A,B,...")
 @click.option("--batches", "-b", **MULTI, help="Batch sizes or 'auto' (the planner picks; default).")
 @click.option("--gen", type=int, default=128, show_default=True, help="Tokens generated per sequence.")
 @click.option("--strategies", **MULTI,
-              help="Any of auto, resident, transfer, recompute, cpu-attention (default: all five).")
+              help="Any of auto, resident, transfer, recompute, cpu-attention (default: all five; one solve per "
+                   "cell gives them all).")
 @click.option("--objective", type=click.Choice(OBJECTIVES), default="throughput", show_default=True)
 @click.option("--price", "prices", **MULTI, help="GPU=USD_PER_HOUR, e.g. a100-40g-pcie=1.8 (no default prices).")
 @click.option("--runs", "runs", multiple=True, type=click.Path(dir_okay=False),
@@ -52,7 +57,8 @@ MULTI = dict(multiple=True, metavar="A,B,...")
               help="Local worker processes (default: all cores; tiny sweeps run in-process).")
 @click.option("--dask", "dask_address", metavar="ADDRESS", default=None,
               help="Solve on an existing Dask cluster (scheduler address, e.g. tcp://host:8786).")
-@click.option("--progress/--no-progress", default=None, help="Progress bar on stderr (default: when a terminal).")
+@click.option("--progress/--no-progress", default=None,
+              help="Progress on stderr: a bar on a terminal, a line per 10%% otherwise (default: on a terminal).")
 @click.option("--out", "-o", "out_dir", required=True, type=OutputPath(file_okay=False), help="Report folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON instead of a table.")
 @hardware_options
@@ -76,32 +82,35 @@ def command(
         hardware_options=tuple(hardware.as_options()),
     )
     records = load_runs(list(runs))
-    n_jobs = effective_jobs(grid.size, jobs)
+    n_jobs = effective_jobs(grid.n_cells, jobs)
+    show = sys.stderr.isatty() if progress is None else progress
     start = time.perf_counter()
-    results = run_sweep(grid, jobs=jobs, dask_address=dask_address, progress=progress)
-    solve_s = time.perf_counter() - start
-    report = write_report(out_dir, grid, results, records, runs=list(runs), dask=bool(dask_address))
+    with Progress(enabled=show) as bar:
+        results = run_sweep(grid, jobs=jobs, dask_address=dask_address, progress=bar)
+        solve_s = time.perf_counter() - start
+        report = write_report(out_dir, grid, results, records, runs=list(runs), dask=bool(dask_address),
+                              step=bar.step)
     where = f"on Dask cluster {dask_address}" if dask_address else (
         "in this process" if n_jobs == 1 else f"on {n_jobs} local processes")
-    click.echo(f"solved {len(results):,} configurations in {solve_s:.1f} s {where}; "
-               f"report written in {time.perf_counter() - start - solve_s:.1f} s", err=True)
+    click.echo(f"solved {grid.n_cells:,} cells ({grid.size:,} configurations: each solve gives every strategy) "
+               f"in {solve_s:.1f} s {where}; report written in {time.perf_counter() - start - solve_s:.1f} s",
+               err=True)
     counts = report.counts
+    table = best_gpu_table(report.frame, bool(grid.prices))
     if as_json:
-        table = best_gpu_table(report.frame, bool(grid.prices))
         echo_json({
             "out_dir": str(report.out_dir), "status_counts": counts,
             "files": sorted(str(p.relative_to(report.out_dir)) for p in report.files),
             "best_gpu": [dict(zip(table.columns, row, strict=True)) for row in table.rows],
         })
     else:
-        table = best_gpu_table(report.frame, bool(grid.prices))
-        print_table(table.title, table.columns, table.rows)
-        click.echo(f"{len(results):,} configurations: " + ", ".join(f"{n:,} {k}" for k, n in counts.items()))
+        click.echo(render(table, console_width(), DROP_ORDER))
+        click.echo(f"{grid.size:,} configurations: " + ", ".join(f"{n:,} {k}" for k, n in counts.items()))
         click.echo(f"report: {report.out_dir / 'report.html'} (also report.md, results.csv, figures/, config.json)")
     if not counts.get("feasible"):
         reasons = report.frame["reason"].value_counts()
         raise KvplanError(
-            f"no feasible configuration in the grid ({len(results):,} tried); most common reason: "
+            f"no feasible configuration in the grid ({grid.size:,} tried); most common reason: "
             f"{reasons.index[0]}; every reason is listed in {report.out_dir / 'report.html'}"
         )
 

@@ -11,6 +11,7 @@ import click
 
 from planner.cli.hardware import HardwareArgs, hardware_options
 from planner.cli.output import OutputPath, check_outputs, echo_json
+from planner.cli.plan_text import batch_text, gain_lines, tier_text
 from planner.errors import KvplanError
 from planner.hardware import check_request_fits, provenance_line
 from planner.jsonio import dumps_canonical, read_json
@@ -19,7 +20,7 @@ from planner.plan import save_plan
 from planner.profile import find_local_profile, load_profile
 from planner.search import SolveRequest, solve
 from planner.search.request import DEFAULT_MAX_BATCH, MAX_BATCH, REQUEST_STRATEGIES
-from planner.units import SIZE_HELP, escape_name, parse_bytes
+from planner.units import SIZE_HELP, escape_name, format_seconds, parse_bytes
 
 
 def parse_batch(text: str) -> int | None:
@@ -88,34 +89,20 @@ def choose_plan_path(plan: dict) -> Path:
     return alt
 
 
-def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{round(x, 1) + 0.0:+.1f}%"  # + 0.0: no "-0.0%"
-
-
-def gain_lines(prediction: dict, indent: str) -> list[str]:
-    """The predicted gains over the best pinned strategy and over transfer-only, one line each."""
-    lines = []
-    for key, label in (("gain_over_best_pinned", None), ("gain_over_transfer", "transfer (FlexGen-style)")):
-        g = prediction.get(key)
-        if g:
-            lines.append(f"{indent}vs {label or 'best pinned (' + g['strategy'] + ')'}: throughput "
-                         f"{_pct(g['throughput_pct'])}, decode step {_pct(-g['decode_step_pct'])}")
-    return lines
-
-
 def summary_lines(plan: dict) -> list[str]:
     d, p = plan["decisions"], plan["prediction"]
     seq = plan["inputs"]["seq"]
+    cpu_only = plan["hardware"].get("device_type") == "cpu"
     lines = [
         f"{escape_name(plan['inputs']['model'])} on {escape_name(plan['hardware']['profile_name'])}: seq {seq} (prompt "
         f"{plan['inputs']['prompt']} + gen {plan['inputs']['gen']}), {d['dtype']}, objective "
         f"{plan['inputs']['objective']}",
-        f"  strategy {d['strategy']}: batch {d['batch']} = {d['num_gpu_batches']} x {d['gpu_batch']}, split "
-        f"{d['split_tokens']} tokens ({100 * d['split_tokens'] / seq:.1f}%), attention on {d['attention_where']}",
-        "  K,V  " + _tiers(d["kv_placement"]) + "   X  " + _tiers(d["x_placement"]) + "   weights  "
-        + _tiers(d["weight_placement"]),
-        f"  decode step {p['decode_step_s'] * 1e3:.2f} ms (bound by {p['timeline']['bound_by']}), prefill "
-        f"{p['prefill_s']:.3f} s, throughput {p['throughput_tokens_per_s']:.1f} tok/s",
+        f"  strategy {d['strategy']}: {batch_text(d['batch'], d['gpu_batch'], d['num_gpu_batches'], cpu_only)}, "
+        f"split {d['split_tokens']} tokens ({100 * d['split_tokens'] / seq:.1f}%), attention on {d['attention_where']}",
+        "  K,V " + tier_text(d["kv_placement"]) + "; X " + tier_text(d["x_placement"]).split(" ")[0]
+        + "; weights " + tier_text(d["weight_placement"]).split(" ")[0],
+        f"  decode step {format_seconds(p['decode_step_s'])} (bound by {p['timeline']['bound_by']}), prefill "
+        f"{format_seconds(p['prefill_s'])}, throughput {p['throughput_tokens_per_s']:.1f} tok/s",
     ]
     hedge = (plan.get("solver") or {}).get("split_hedge")
     if hedge:
@@ -126,13 +113,9 @@ def summary_lines(plan: dict) -> list[str]:
     lines += gain_lines(p, "  ")
     lb = plan["lower_bound"]
     if lb.get("distance") is not None:
-        lines.append(f"  lower bound {lb['step_s'] * 1e3:.2f} ms (bound by {lb['bound_by'].replace('_', ' ')}); "
+        lines.append(f"  lower bound {format_seconds(lb['step_s'])} (bound by {lb['bound_by'].replace('_', ' ')}); "
                      f"plan at {lb['distance']:.2f}x")
     return lines
-
-
-def _tiers(frac: dict[str, float]) -> str:
-    return "/".join(f"{100 * frac[t]:.0f}" for t in ("device", "host", "disk")) + "%"
 
 
 @click.command("solve")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import math
+import numbers
 import re
 from dataclasses import dataclass
 
@@ -27,6 +28,8 @@ from planner.report.frame import (
     objective_of,
 )
 from planner.report.runs import RunRecord
+from planner.report.tables import resident_feasible
+from planner.units import format_seconds
 
 STRATEGY_STYLE = {
     # auto is dashed and drawn last, so it stays visible on top of the pinned strategy it picked
@@ -101,11 +104,13 @@ def _model_panels(models: list[str]) -> tuple[Figure, list[tuple[str, object]]]:
     return fig, [(model, axes[k // 3][k % 3]) for k, model in enumerate(models)]
 
 
+def _positive_number(y: object) -> bool:
+    """numpy integers and floats are numbers too (a batch column is int64 when every cell is feasible)."""
+    return isinstance(y, numbers.Real) and not isinstance(y, bool) and math.isfinite(float(y)) and float(y) > 0
+
+
 def _log_y(ax) -> None:
-    has_data = any(
-        any(isinstance(y, (int, float)) and math.isfinite(y) and y > 0 for y in line.get_ydata())
-        for line in ax.get_lines()
-    )
+    has_data = any(any(_positive_number(y) for y in line.get_ydata()) for line in ax.get_lines())
     if not has_data:  # nothing feasible here: say so instead of an empty log axis
         ax.text(0.5, 0.5, "no feasible configuration", transform=ax.transAxes, ha="center", va="center",
                 color="tab:red")
@@ -115,6 +120,19 @@ def _log_y(ax) -> None:
     ax.yaxis.set_minor_locator(LogLocator(subs="auto"))
     ax.yaxis.set_major_formatter(FuncFormatter(_num_label))
     ax.yaxis.set_minor_formatter(FuncFormatter(_minor_label))
+
+
+def _seconds_y(ax) -> None:
+    """A time axis in seconds, its ticks in the one time format of the report ('37.2 ms', '3.36 s')."""
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: format_seconds(v) if v > 0 else ""))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+
+
+def _label_batches(ax, xs, ys, batches, color: str) -> None:
+    """Each point's batch beside it, so strategies that chose different batches are not read as equals."""
+    for x, y, b in zip(xs, ys, batches, strict=True):
+        if _positive_number(y) and _positive_number(b):
+            ax.annotate(f"b{int(b)}", (x, y), textcoords="offset points", xytext=(3, 3), fontsize=6, color=color)
 
 
 def _chunks(items: list[str], n: int) -> list[list[str]]:
@@ -128,50 +146,59 @@ def _mark_infeasible(ax, xs: list[int], color: str, marker: str = "x") -> None:
                    s=40, clip_on=False, zorder=5)
 
 
-def strategy_figures(frame: pd.DataFrame) -> list[FigureOut]:
-    """Per model: throughput (top row) and decode-step latency (bottom row) vs context, one line per
-    strategy, one column per GPU; each point is the strategy's best batch at that context."""
-    out = []
+def strategy_figure(frame: pd.DataFrame, model: str, gpus: list[str]) -> Figure:
+    """One model's figure for up to GPUS_PER_FIGURE GPUs: throughput (top) and decode step (bottom) vs
+    context, one line per strategy, each point labelled with its batch."""
     strategies = [s for s in STRATEGY_STYLE if s in set(frame["strategy_request"])]
     best = best_by_objective(frame, ["model", "gpu", "seq", "strategy_request"])
+    fig = Figure(figsize=(4.2 * len(gpus) + 0.6, 6.6), layout="constrained")
+    axes = fig.subplots(2, len(gpus), squeeze=False, sharex="col")
+    for j, gpu in enumerate(gpus):
+        cell = frame[(frame["model"] == model) & (frame["gpu"] == gpu)]
+        seqs = sorted(int(s) for s in cell["seq"].unique())
+        top, bottom = axes[0][j], axes[1][j]
+        for strategy in strategies:
+            pts = best[(best["model"] == model) & (best["gpu"] == gpu) & (best["strategy_request"] == strategy)]
+            pts = pts.sort_values("seq")
+            style = STRATEGY_STYLE[strategy]
+            top.plot(pts["seq"], pts[THROUGHPUT], label=strategy, markersize=4, **style)
+            bottom.plot(pts["seq"], pts[STEP], label=strategy, markersize=4, **style)
+            _label_batches(top, list(pts["seq"]), list(pts[THROUGHPUT]), list(pts[BATCH]), style["color"])
+            missing = sorted(set(seqs) - set(int(s) for s in pts["seq"]))
+            for ax in (top, bottom):
+                _mark_infeasible(ax, missing, style["color"])
+        top.set_title(f"{model} on {gpu}", fontsize=10)
+        top.set_ylabel("throughput (tokens/s)")
+        bottom.set_ylabel("decode step (whole batch)")
+        for ax in (top, bottom):
+            _log_y(ax)
+            ax.grid(True, which="major", alpha=0.3)
+        _seconds_y(bottom)
+        _seq_axis(bottom, seqs)
+        top.tick_params(labelbottom=False)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncols=len(handles), fontsize=9)
+    return fig
+
+
+def strategy_figures(frame: pd.DataFrame) -> list[FigureOut]:
+    """Per model: throughput (top row) and decode-step latency (bottom row) vs context, one line per
+    strategy, one column per GPU; each point is the strategy's best batch at that context, labelled."""
+    out = []
     for model in frame["model"].drop_duplicates():
         gpus_all = list(frame.loc[frame["model"] == model, "gpu"].drop_duplicates())
         for part, gpus in enumerate(_chunks(gpus_all, GPUS_PER_FIGURE)):
-            fig = Figure(figsize=(4.2 * len(gpus) + 0.6, 6.6), layout="constrained")
-            axes = fig.subplots(2, len(gpus), squeeze=False, sharex="col")
-            for j, gpu in enumerate(gpus):
-                cell = frame[(frame["model"] == model) & (frame["gpu"] == gpu)]
-                seqs = sorted(int(s) for s in cell["seq"].unique())
-                top, bottom = axes[0][j], axes[1][j]
-                for strategy in strategies:
-                    pts = best[(best["model"] == model) & (best["gpu"] == gpu) & (best["strategy_request"] == strategy)]
-                    pts = pts.sort_values("seq")
-                    style = STRATEGY_STYLE[strategy]
-                    top.plot(pts["seq"], pts[THROUGHPUT], label=strategy, markersize=4, **style)
-                    bottom.plot(pts["seq"], pts[STEP] * 1e3, label=strategy, markersize=4, **style)
-                    missing = sorted(set(seqs) - set(int(s) for s in pts["seq"]))
-                    for ax in (top, bottom):
-                        _mark_infeasible(ax, missing, style["color"])
-                top.set_title(f"{model} on {gpu}", fontsize=10)
-                top.set_ylabel("throughput (tokens/s)")
-                bottom.set_ylabel("decode step (ms, whole batch)")
-                for ax in (top, bottom):
-                    _log_y(ax)
-                    ax.grid(True, which="major", alpha=0.3)
-                _seq_axis(bottom, seqs)
-                top.tick_params(labelbottom=False)
-            handles, labels = axes[0][0].get_legend_handles_labels()
-            if handles:
-                fig.legend(handles, labels, loc="outside lower center", ncols=len(handles), fontsize=9)
             suffix = f"-{part + 1}" if len(gpus_all) > GPUS_PER_FIGURE else ""
             out.append(FigureOut(
                 name=f"strategies-{slug(model)}{suffix}.png",
                 title=f"Throughput and step latency vs context: {model}",
                 caption=(f"Predicted end-to-end throughput (top) and decode-step latency of the whole batch (bottom) "
                          f"for {model} as the context grows, one line per strategy, each point the strategy's best "
-                         f"batch for the {objective_of(frame)} objective; a cross on the bottom edge marks a "
-                         "context where that strategy has no feasible plan."),
-                png=_png(fig),
+                         f"batch for the {objective_of(frame)} objective, labelled with that batch (b16 = 16 "
+                         "sequences): strategies at different batches trade latency for throughput; a cross on the "
+                         "bottom edge marks a context where that strategy has no feasible plan."),
+                png=_png(strategy_figure(frame, model, gpus)),
             ))
     return out
 
@@ -234,11 +261,12 @@ def fit_figure(frame: pd.DataFrame) -> FigureOut | None:
         seqs = sorted(int(s) for s in frame.loc[frame["model"] == model, "seq"].unique())
         mine = ok[ok["model"] == model]
         any_fit = [mine.loc[mine["gpu"] == g, "seq"].max() for g in gpus]
-        res = mine[mine["strategy_request"] == "resident"]
+        res = resident_feasible(frame)
+        res = res[res["model"] == model]
         res_fit = [res.loc[res["gpu"] == g, "seq"].max() for g in gpus]
         xs = list(range(len(gpus)))
         series = [("any strategy (offloading allowed)", any_fit, "tab:blue", "o", -0.12)]
-        if "resident" in set(frame["strategy_request"]):
+        if not resident_feasible(frame).empty or "resident" in set(frame["strategy_request"]):
             series.append(("KV resident in GPU memory", res_fit, "tab:green", "s", 0.12))
         for label, values, color, marker, dx in series:
             px = [x + dx for x, v in zip(xs, values, strict=True) if not pd.isna(v)]
@@ -314,19 +342,21 @@ def measured_figure(records: list[RunRecord]) -> FigureOut | None:
     ax = fig.subplots()
     metric_of = [r.metrics()[0] for r in records]
     xs = range(len(records))
-    scale = [1e3 if m.endswith("_s") else 1.0 for m in metric_of]  # seconds -> ms
-    pred = [r.predicted[m] * k for r, m, k in zip(records, metric_of, scale, strict=True)]
-    meas = [r.measured[m] * k for r, m, k in zip(records, metric_of, scale, strict=True)]
+    pred = [r.predicted[m] for r, m in zip(records, metric_of, strict=True)]
+    meas = [r.measured[m] for r, m in zip(records, metric_of, strict=True)]
     ax.bar([x - 0.2 for x in xs], pred, width=0.4, label="predicted", color="tab:blue")
     ax.bar([x + 0.2 for x in xs], meas, width=0.4, label="measured", color="tab:red")
     for x, p, m in zip(xs, pred, meas, strict=True):
         if p:
             ax.annotate(f"{(m / p - 1) * 100:+.0f}%", (x + 0.2, m), ha="center", va="bottom", fontsize=8)
-    ax.set_xticks(list(xs), [f"{i + 1}" for i in xs])
-    ax.set_xlabel("run (numbered as in the table below)")
+    ax.set_xticks(list(xs), [f"{i + 1}: {r.label}" for i, r in enumerate(records)], rotation=15, ha="right",
+                  fontsize=7)
+    ax.set_xlabel("run (as labelled in the table below)")
     names = sorted(set(metric_of))
-    ax.set_ylabel(" / ".join(n[:-2].replace("_", " ") + " (ms)" if n.endswith("_s") else n.replace("_", " ")
-                             for n in names))
+    ax.set_ylabel(" / ".join(n.replace("_", " ") for n in names))
+    if all(n.endswith("_s") for n in names):
+        ax.set_ylabel(" / ".join(n[:-2].replace("_", " ") for n in names))
+        _seconds_y(ax)
     ax.legend(fontsize=8)
     ax.grid(True, axis="y", alpha=0.3)
     return FigureOut(

@@ -1,7 +1,10 @@
-"""Sweep results -> one pandas DataFrame: one row per configuration, in grid order, with every plan
-decision and prediction as a column (nested objects flattened to dotted names such as
-`prediction.per_layer_busy_s.h2d`). Infeasible configurations keep their row, with `status` and
-`reason` filled and the plan columns empty.
+"""Sweep results -> one pandas DataFrame: one row per configuration (cell x strategy), in grid order.
+
+The automatic row of a cell carries every plan decision and prediction as a column (nested objects
+flattened to dotted names such as `prediction.per_layer_busy_s.h2d`); a pinned strategy's row carries
+what the plan's `baselines` entry for it gives (throughput, decode step, total time, batch, split,
+the strategy label) under the same column names. Infeasible configurations keep their row, with
+`status` and `reason` filled and the plan columns empty.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from planner.report.sweep import SolveResult
+from planner.report.grid import CellResult, StrategyOutcome, strategy_outcomes
 
 # Columns that describe the configuration itself, first in every results table.
 CONFIG_COLUMNS = (
@@ -52,22 +55,33 @@ def _run_dependent(key: str) -> bool:
     return key.startswith("solver.") and ("time" in leaf or leaf.endswith("_s") or "wall" in leaf)
 
 
-def result_row(result: SolveResult, prices: Mapping[str, float]) -> dict[str, Any]:
-    c = result.config
-    row: dict[str, Any] = {
-        "model": c.model, "gpu": c.gpu, "seq": c.seq, "prompt": c.seq - c.gen, "gen": c.gen,
-        "batch_request": "auto" if c.batch is None else str(c.batch), "strategy_request": c.strategy,
-        "objective": c.objective, "status": result.status, "reason": result.reason,
-    }
-    plan = result.plan or {}
+# The fields of a baselines entry that are decisions; the others are predictions.
+DECISION_KEYS = frozenset(("strategy", "dtype", "batch", "gpu_batch", "num_gpu_batches", "split_tokens",
+                           "kv_placement", "x_placement", "weight_placement", "attention_where"))
+
+
+def _plan_columns(outcome: StrategyOutcome) -> dict[str, Any]:
     flat: dict[str, Any] = {}
+    plan = outcome.plan or {}
     for section in SECTIONS:
         if section in plan:
             flatten(plan[section], section, flat)
     if "warnings" in plan:
         flatten(list(plan["warnings"]), "warnings", flat)
-    if "gain_over_best_pinned" in plan:
-        flat["gain_over_best_pinned"] = plan["gain_over_best_pinned"]
+    for key, value in sorted((outcome.baseline or {}).items()):
+        if key not in ("feasible", "reason"):
+            flatten(value, f"{'decisions' if key in DECISION_KEYS else 'prediction'}.{key}", flat)
+    return flat
+
+
+def result_row(outcome: StrategyOutcome, prices: Mapping[str, float]) -> dict[str, Any]:
+    c = outcome.cell
+    row: dict[str, Any] = {
+        "model": c.model, "gpu": c.gpu, "seq": c.seq, "prompt": c.seq - c.gen, "gen": c.gen,
+        "batch_request": "auto" if c.batch is None else str(c.batch), "strategy_request": outcome.strategy,
+        "objective": c.objective, "status": outcome.status, "reason": outcome.reason,
+    }
+    flat = _plan_columns(outcome)
     row.update({k: v for k, v in flat.items() if not _run_dependent(k)})
     split = flat.get(SPLIT)
     row["recompute_fraction"] = split / c.seq if isinstance(split, (int, float)) else math.nan
@@ -91,11 +105,13 @@ def _group(col: str) -> int:
     return SECTIONS.index(head) if head in SECTIONS else len(SECTIONS)
 
 
-def results_frame(results: Sequence[SolveResult], prices: Mapping[str, float] | None = None) -> pd.DataFrame:
-    """The table of a sweep; rows in grid order; columns in a fixed order (configuration, derived,
-    then each plan section's columns sorted by name)."""
+def results_frame(results: Sequence[CellResult], strategies: Sequence[str],
+                  prices: Mapping[str, float] | None = None) -> pd.DataFrame:
+    """The table of a sweep; rows in grid order (cells, then strategies in the order given); columns
+    in a fixed order (configuration, derived, then each plan section's columns sorted by name)."""
     prices = prices or {}
-    rows = [result_row(r, prices) for r in sorted(results, key=lambda r: r.config.index)]
+    rows = [result_row(o, prices) for r in sorted(results, key=lambda r: r.cell.index)
+            for o in strategy_outcomes(r, tuple(strategies))]
     # The columns the figures and tables read exist even when nothing was feasible.
     seen: set[str] = {THROUGHPUT, STEP, BATCH, SPLIT, CHOSEN}
     for row in rows:

@@ -72,7 +72,7 @@ def _html_table(table: Table) -> str:
     return "\n".join(out)
 
 
-_NUMERIC = re.compile(r"^[-+$]?[\d.,]+(e[-+]?\d+)?\s*(%|ms|s|k|x)?$|^-$")
+_NUMERIC = re.compile(r"^[-+$]?[\d.,]+(e[-+]?\d+)?\s*(%|µs|ms|s|min|h|k|x)?$|^-$")
 
 
 def _is_text(cell: str) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,6 +11,7 @@ import pandas as pd
 
 from planner.report.frame import BATCH, CHOSEN, STEP, THROUGHPUT, best_by_objective, best_rows, feasible, objective_of
 from planner.report.runs import RunRecord
+from planner.units import format_seconds
 
 
 @dataclass(frozen=True)
@@ -39,10 +41,11 @@ def fmt_seq(seq: int) -> str:
     return f"{seq // 1024}k" if seq % 1024 == 0 and seq >= 1024 else str(seq)
 
 
-def fmt_ms(seconds: Any) -> str:
-    if not isinstance(seconds, (int, float)) or math.isnan(seconds):
-        return "-"
-    return f"{seconds * 1e3:.3g} ms"
+def fmt_seconds(seconds: Any) -> str:
+    """Times in every table (console, Markdown, HTML): planner.units.format_seconds ('37.2 ms', '3.36 s')."""
+    if isinstance(seconds, numbers.Real) and not isinstance(seconds, bool):
+        return format_seconds(float(seconds))
+    return "-"
 
 
 def best_gpu_table(frame: pd.DataFrame, has_prices: bool) -> Table:
@@ -66,7 +69,7 @@ def best_gpu_table(frame: pd.DataFrame, has_prices: bool) -> Table:
             continue
         f = fast.iloc[0]
         row = [model, fmt_seq(seq), f["gpu"], _strategy_label(f), fmt_num(f[BATCH]), fmt_num(f[THROUGHPUT]),
-               fmt_ms(f[STEP])]
+               fmt_seconds(f[STEP])]
         if has_prices:
             row.append(fmt_num(f["cost_usd_per_mtok"]))
             cheap = cheapest[(cheapest["model"] == model) & (cheapest["seq"] == seq)] if cheapest is not None else None
@@ -91,27 +94,45 @@ def _strategy_label(row: pd.Series) -> str:
     return str(row["strategy_request"])
 
 
+RESIDENT_OK = "baselines.resident.feasible"
+
+
+def resident_feasible(frame: pd.DataFrame) -> pd.DataFrame:
+    """The cells (model, gpu, seq, batch_request) where the KV cache fits resident in device memory:
+    read from the resident rows when that strategy was swept, else from the automatic rows' baselines
+    (every solve tries resident), so the answer does not depend on --strategies."""
+    keys = ["model", "gpu", "seq", "batch_request"]
+    if "resident" in set(frame["strategy_request"]):
+        rows = frame[(frame["strategy_request"] == "resident") & (frame["status"] == "feasible")]
+    elif RESIDENT_OK in frame.columns:
+        rows = frame[(frame["strategy_request"] == "auto") & (frame[RESIDENT_OK] == True)]  # noqa: E712
+    else:
+        return frame.iloc[0:0][keys]
+    return rows[keys].drop_duplicates()
+
+
 def fit_table(frame: pd.DataFrame) -> Table:
-    """Per model and GPU: the longest context that fits at all, the longest that fits with the KV cache
-    resident in device memory, and the largest feasible batch (with the context it was found at)."""
+    """Per model and GPU, on the same footing for every GPU: the longest context swept that fits at all,
+    the longest that fits with the KV cache resident in device memory, and the largest feasible batch
+    at one context, the model's shortest swept, for every GPU alike."""
     rows = []
     ok = feasible(frame)
+    resident = resident_feasible(frame)
     for (model, gpu), _ in frame.groupby(["model", "gpu"], sort=False):
         mine = ok[(ok["model"] == model) & (ok["gpu"] == gpu)]
-        resident = mine[mine["strategy_request"] == "resident"]
+        res = resident[(resident["model"] == model) & (resident["gpu"] == gpu)]
         any_seq = fmt_seq(int(mine["seq"].max())) if not mine.empty else "none"
-        res_seq = fmt_seq(int(resident["seq"].max())) if not resident.empty else (
-            "none" if "resident" in set(frame["strategy_request"]) else "not swept")
-        if mine.empty or mine[BATCH].isna().all():
-            batch_text = "none"
-        else:
-            top = mine.loc[mine[BATCH].astype(float).idxmax()]
-            batch_text = f"{int(top[BATCH]):,} at {fmt_seq(int(top['seq']))}"
+        res_seq = fmt_seq(int(res["seq"].max())) if not res.empty else "none"
+        first_seq = int(frame.loc[frame["model"] == model, "seq"].min())
+        at_first = mine[(mine["seq"] == first_seq) & mine[BATCH].notna()]
+        batch_text = "none" if at_first.empty else f"{int(at_first[BATCH].max()):,} at {fmt_seq(first_seq)}"
         rows.append((model, gpu, any_seq, res_seq, batch_text))
     return Table(
         "What fits each GPU",
-        "The longest context swept that has a feasible plan (any strategy), the longest with the KV cache "
-        "resident in device memory, and the largest feasible batch among the configurations swept.",
+        "For every GPU alike: the longest context swept that has a feasible plan (any strategy), the longest with "
+        "the KV cache resident in device memory (every solve tries that strategy), and the largest feasible batch "
+        "among the configurations swept at the model's shortest context (with --batches auto, the batch the "
+        "planner chose).",
         ("model", "GPU", "longest context (any)", "longest context (resident)", "largest batch"), tuple(rows),
     )
 
