@@ -24,6 +24,7 @@ from typing import Any
 from planner.errors import KvplanError
 from planner.jsonio import read_json
 from planner.profile_schema import REQUIRED_LINKS, ProfileSchema  # noqa: F401  (REQUIRED_LINKS re-exported)
+from planner.units import escape_name
 from planner.validation import validate
 
 PROFILE_SCHEMA_VERSION = 2
@@ -206,6 +207,22 @@ def profile_from_dict(data: Any, origin: str = "<profile>") -> Profile:
                    data=data)
 
 
+def _squash(name: str) -> str:
+    return "".join(ch for ch in name.lower() if ch.isalnum())
+
+
+def suggest_gpus(key: str, names: list[str]) -> list[str]:
+    """Datasheet names a mistyped GPU probably meant: every name of the family the key starts
+    ('a100' -> both A100 profiles; 'rtx4090' -> rtx-4090), else the closest spellings."""
+    import difflib
+
+    squashed = _squash(key)
+    family = [n for n in names if squashed and (_squash(n).startswith(squashed) or squashed.startswith(_squash(n)))]
+    if family:
+        return family
+    return difflib.get_close_matches(key, names, n=3, cutoff=0.4)
+
+
 def datasheet_names() -> list[str]:
     return sorted(p.stem for p in DATASHEET_DIR.glob("*.json"))
 
@@ -224,14 +241,12 @@ def load_profile(path: str | Path | None = None, gpu: str | None = None) -> Prof
     if path is not None and gpu is not None:
         raise KvplanError("give either --profile or --gpu, not both")
     if gpu is not None:
-        import difflib
-
         key = gpu.strip().lower()
         names = datasheet_names()
         if key not in names:
-            close = difflib.get_close_matches(key, names, n=3, cutoff=0.4)
+            close = suggest_gpus(key, names)
             hint = f"; did you mean {', '.join(close)}?" if close else f" (known: {', '.join(names)})"
-            raise KvplanError(f"unknown GPU '{gpu}'{hint}")
+            raise KvplanError(f"unknown GPU '{escape_name(gpu)}'{hint}")
         path = DATASHEET_DIR / f"{key}.json"
     if path is None:
         raise KvplanError("no profile given: pass --profile FILE or --gpu NAME, or run 'kvplan profile' first")

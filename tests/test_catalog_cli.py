@@ -71,3 +71,11 @@ def test_bad_profile_files(tmp_path, text, message):
     path.write_text(text)
     with pytest.raises(KvplanError, match=re.escape(message)):
         load_profile(path)
+
+
+@pytest.mark.parametrize("typed,expected", [("a100", "a100-40g-pcie, a100-80g-sxm"), ("h100", "h100-pcie, h100-sxm"),
+                                            ("rtx4090", "rtx-4090")])
+def test_a_gpu_family_name_suggests_every_profile_of_it(run_cli, typed, expected):
+    result = run_cli("solve", "--model", "opt-125m", "--seq", "1024", "--gpu", typed)
+    assert result.exit_code == 2
+    assert f"did you mean {expected}?" in result.output
