@@ -14,7 +14,7 @@ allow (docs/export.md gives the sources):
 A plan inside those limits is exported as it is. Otherwise the request is solved again with the
 engine's strategy pinned (`planner.search.solve` with a pinned strategy; the best of the plan's
 feasible baselines for FlexGen), what the engine cannot express is set to what it does (one batch),
-and the result is re-predicted with `planner.search.evaluate`.
+and the result is re-predicted with `planner.prediction.evaluate`.
 """
 
 from __future__ import annotations
