@@ -15,7 +15,7 @@ from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-RESOURCES = ("compute", "cpu", "h2d", "disk_read", "d2h", "disk_write")
+from planner.placement import RESOURCES
 
 
 @dataclass

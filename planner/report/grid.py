@@ -14,10 +14,12 @@ from typing import Any
 from planner.errors import KvplanError
 from planner.hardware import hardware_record
 from planner.models import ModelConfig
+from planner.placement import REQUEST_STRATEGIES
 from planner.profile import profile_from_dict
+from planner.search.request import OBJECTIVES as REQUEST_OBJECTIVES
 
-STRATEGY_CHOICES = ("auto", "resident", "transfer", "recompute", "cpu-attention")
-OBJECTIVES = ("throughput", "latency")
+STRATEGY_CHOICES = REQUEST_STRATEGIES
+OBJECTIVES = REQUEST_OBJECTIVES
 MAX_CONFIGURATIONS = 200_000
 STATUSES = ("feasible", "infeasible", "error")
 
