@@ -297,6 +297,14 @@ def test_machine_check_lands_in_the_table_and_the_record(run_cli, write_json, tm
         assert p["measured_s"] > 0 and p["predicted_s"] > 0
         assert p["ratio"] == pytest.approx(p["measured_s"] / p["predicted_s"], rel=1e-3)
         assert p["within"] == (p["band"][0] <= p["ratio"] <= p["band"][1])
+    # each time is compared with the profile's model at the shape recorded (not at another one)
+    from planner.costmodel import CostModel
+    from planner.profile import load_profile
+
+    cost, a = CostModel(load_profile(local_profile_path)), probes["attention"]["shape"]
+    assert probes["attention"]["predicted_s"] == pytest.approx(
+        cost.attention_s(TINY, a["batch"], 1, a["context"], "float32"), rel=1e-9)
+    assert probes["disk_read"]["predicted_s"] == pytest.approx(cost.transfer_s("disk_read", 24576), rel=1e-9)
     assert probes["gemm"]["band"] == [0.9, 1.1] and "assumed" in probes["gemm"]["band_source"]
     assert "read_time_spread" in probes["disk_read"]["band_source"]
     # every op outside its band is one warning in run.warnings, printed under the table
