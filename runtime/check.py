@@ -179,7 +179,7 @@ def profile_age(profile: Profile, path: Path | None, now: datetime | None = None
     if isinstance(stamp, str):
         try:
             when = datetime.fromisoformat(stamp)
-            when = when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+            when = when.astimezone(timezone.utc) if when.tzinfo else when.replace(tzinfo=timezone.utc)
             source = "measurement.measured_at"
         except ValueError:
             when = None
