@@ -273,6 +273,11 @@ class RunPlan(Section):
         return self
 
 
+# run.warnings that come from execute's machine check (runtime/check.py) start with this; the others
+# say the run was contended (load, a crowded-out compute thread, uneven steps)
+MACHINE_CHECK_WARNING = "machine check: "
+
+
 class RunInfo(Section):
     device: Name | None = None
     layers_run: Count | None = None
@@ -286,6 +291,7 @@ class RunInfo(Section):
     torch_threads: Count | None = None
     load_average_1min: list[NonNegative] | None = None
     cpu_count: Count | None = None
+    warnings: list[str] | None = None
 
     @model_validator(mode="after")
     def _layers(self) -> RunInfo:
@@ -319,6 +325,34 @@ class ComparisonRow(Section):
     gap_pct: float | None = None
 
 
+class CheckProbe(Section):
+    """One op of execute's machine check: its time here over the profile's cost model's time."""
+
+    op: Literal["gemm", "attention", "disk_read"]
+    shape: dict[str, Annotated[int, Field(ge=1)]]
+    measured_s: Annotated[float, Field(gt=0)]
+    predicted_s: Annotated[float, Field(gt=0)]
+    ratio: Annotated[float, Field(gt=0)]
+    band: list[Annotated[float, Field(gt=0)]] = Field(min_length=2, max_length=2)
+    band_source: str
+    within: bool
+
+
+class MachineCheck(Section):
+    """`kvplan execute`'s check of this machine against the profile (runtime/check.py, docs/runtime.md)."""
+
+    profile: Name
+    measured_at: str | None = None  # when the profile was measured (ISO 8601, UTC)
+    age_s: float | None = None
+    age_source: str | None = None
+    probes: list[CheckProbe]
+    seconds: Seconds
+    warnings: list[str] = []
+    # the prediction re-made with the profile's fitted models scaled by the ratios (runtime/check.py)
+    predicted_with_ratios: Prediction | None = None
+    ratios_applied_to: list[str] | None = None
+
+
 class RunRecordSchema(Section):
     """A run record (`kvplan execute --out run.json`). "measured" is what the report compares; the
     prediction is "predicted" (what execute writes), "prediction", or the embedded plan's."""
@@ -334,6 +368,7 @@ class RunRecordSchema(Section):
     comparison: list[ComparisonRow] | None = None
     notes: list[str] | None = None
     plan_file: str | None = None
+    machine_check: MachineCheck | None = None
 
 
 def check_plan(data: Any, origin: str) -> PlanSchema:

@@ -20,6 +20,7 @@ import torch
 from planner.errors import KvplanError
 from planner.layer_costs import layer_weight_params
 from planner.plan import Plan
+from runtime import check as C
 from runtime import predict as P
 from runtime.executor import Executor, Setup, check_fits
 from runtime.measure import RESOURCES, Recorder, summarize
@@ -42,6 +43,7 @@ class RunOptions:
     seed: int = 0
     threads: int | None = None  # torch intra-op threads (default: the profile's, else torch's default)
     progress: Callable[[str], None] | None = None  # one line per phase and per decode step (the CLI: stderr)
+    check: bool = True  # time a few of the plan's ops against the profile first (runtime/check.py)
 
 
 def check_plan_against_model(plan: Plan) -> None:
@@ -145,6 +147,37 @@ def _set_threads(opts: RunOptions, device: str, pred: P.Prediction) -> str:
     return f"{torch.get_num_threads()} torch threads (torch's default here; --threads to change)"
 
 
+PREDICTION_WITH_RATIOS = ("decode_step_s", "per_layer_step_s", "per_layer_busy_s", "prefill_s", "total_s",
+                          "decode_throughput_tokens_per_s")
+
+
+def _machine_check(plan: Plan, sh: Shape, device: str, pred: P.Prediction, base: Path, opts: RunOptions,
+                   notes: list[str]) -> dict[str, Any] | None:
+    """The machine check (runtime/check.py) against the prediction's profile, before the run, and the
+    prediction re-made with the profile's models scaled by its ratios; a note says why when it is skipped."""
+    if not opts.check:
+        notes.append("machine check skipped (--no-check)")
+        return None
+    if pred.profile is None:
+        notes.append("machine check skipped: no profile to check this machine against")
+        return None
+    (opts.progress or (lambda _line: None))("machine check: timing a few of the plan's ops against the profile ...")
+    d = P.as_run_on(plan.decisions, pred.profile)
+    where = C.Where(device, device if d.attention_where == "device" else "cpu", d.attention_where)
+    path = Path(opts.profile_path) if opts.profile_path is not None else P.find_local_profile()
+    check = C.machine_check(plan, d, pred.profile, where, round(sh.start + (sh.steps - 1) / 2), base, path)
+    scaled = C.scaled_profile(pred.profile, check, d, where) if pred.data else None
+    if scaled is not None:
+        try:
+            again = P.repredict(plan, scaled[0])
+        except KvplanError:
+            again = None
+        if again is not None:
+            check["predicted_with_ratios"] = {k: again[k] for k in PREDICTION_WITH_RATIOS if k in again}
+            check["ratios_applied_to"] = scaled[1]
+    return check
+
+
 @dataclass
 class Ran:
     rec: Recorder
@@ -206,6 +239,7 @@ def _execute(plan: Plan, opts: RunOptions) -> dict[str, Any]:
     setup = Setup(model=m, decisions=d, seq=plan.seq, layers=sh.layers, device=device, disk_dir=base,
                   seed=opts.seed, weights_dir=opts.weights_dir, virtual_layers=m.num_layers)
     need = check_fits(setup)
+    check = _machine_check(plan, sh, device, pred, base, opts, notes)
     work = Path(tempfile.mkdtemp(prefix="kvplan-run-", dir=base))
     try:
         ran = _run(plan, opts, sh, dataclasses.replace(setup, disk_dir=work))
@@ -223,7 +257,7 @@ def _execute(plan: Plan, opts: RunOptions) -> dict[str, Any]:
                 "direct_io": ran.direct_io, "memory_needed_bytes": need, "torch_threads": torch.get_num_threads(),
                 "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
                 "cpu_count": os.cpu_count()}
-    run_info["warnings"] = contention_warnings(run_info, measured, steps_used)
+    run_info["warnings"] = contention_warnings(run_info, measured, steps_used) + (check or {}).get("warnings", [])
     return {
         "plan": {"model": m.name, "seq": plan.seq, "prompt": plan.prompt, "gen": plan.gen,
                  "hardware": plan.data.get("hardware"), "decisions": d.to_dict()},
@@ -235,6 +269,7 @@ def _execute(plan: Plan, opts: RunOptions) -> dict[str, Any]:
         "measured": measured,
         "comparison": comparison_rows(pred, measured, meas, m.num_layers),
         "notes": notes,
+        "machine_check": check,
     }
 
 

@@ -261,3 +261,139 @@ def test_contention_warnings_from_the_runs_own_times():
     loaded = dict(run, load_average_1min=[3.0, 4.5])
     assert contention_warnings(loaded, calm, [1, 2, 3]) == ["load average 4.50 on 4 CPUs: other processes "
                                                             "competed for the CPUs"]
+
+
+# -- the machine check: the plan's own ops timed against the profile's cost models (runtime/check.py) --
+OPT_RAM = dict(split_tokens=0, kv_placement=RAM, x_placement=RAM)
+
+
+def _check(rec: dict) -> dict:
+    return {p["op"]: p for p in rec["machine_check"]["probes"]}
+
+
+def test_machine_check_lands_in_the_table_and_the_record(run_cli, write_json, tmp_path, local_profile_path):
+    """Before the steps, execute times the plan's GEMM, attention and disk read at the plan's shapes and
+    records each time over the profile's model for that shape; the profile's age comes from its stamp."""
+    plan = write_json("plan.json", tiny_plan())
+    out = tmp_path / "run.json"
+    result = run_cli("execute", plan, "--steps", "3", "--profile", local_profile_path, "--disk-dir", tmp_path,
+                     "--out", out)
+    assert result.exit_code == 0, result.stderr
+    name = json.loads(local_profile_path.read_text())["name"]
+    assert f"of the profile's time (profile {name}, taken 20" in result.stdout
+    rec = json.loads(out.read_text())
+    check = rec["machine_check"]
+    assert check["age_source"] == "measurement.measured_at" and 0 <= check["age_s"] < 3600  # made this session
+    probes = _check(rec)
+    assert set(probes) == {"gemm", "attention", "disk_read"}
+    # the tiny model's largest projection (the fused QKV: 3 x 64 outputs of 64 inputs) over batch 4 rows
+    assert probes["gemm"]["shape"] == {"m": 4, "n": 192, "k": 64}
+    # one GPU batch (2) at the run's average context round(30 + (3 - 1) / 2) = 31
+    assert probes["attention"]["shape"] == {"batch": 2, "context": 31, "heads": 4, "kv_heads": 4, "head_dim": 16}
+    # the largest disk read of a step: K,V of positions [10, 31) for 2 sequences, 2 x 64 x 4 bytes each,
+    # rounded up to whole pages (21,504 -> 24,576)
+    assert probes["disk_read"]["shape"] == {"bytes": 24576}
+    for p in probes.values():
+        assert p["measured_s"] > 0 and p["predicted_s"] > 0
+        assert p["ratio"] == pytest.approx(p["measured_s"] / p["predicted_s"], rel=1e-3)
+        assert p["within"] == (p["band"][0] <= p["ratio"] <= p["band"][1])
+    # each time is compared with the profile's model at the shape recorded (not at another one)
+    from planner.costmodel import CostModel
+    from planner.profile import load_profile
+
+    cost, a = CostModel(load_profile(local_profile_path)), probes["attention"]["shape"]
+    assert probes["attention"]["predicted_s"] == pytest.approx(
+        cost.attention_s(TINY, a["batch"], 1, a["context"], "float32"), rel=1e-9)
+    assert probes["disk_read"]["predicted_s"] == pytest.approx(cost.transfer_s("disk_read", 24576), rel=1e-9)
+    assert probes["gemm"]["band"] == [0.9, 1.1] and "assumed" in probes["gemm"]["band_source"]
+    assert "read_time_spread" in probes["disk_read"]["band_source"]
+    # every op outside its band is one warning in run.warnings, printed under the table
+    off = [p["op"] for p in probes.values() if not p["within"]]
+    drift = [w for w in rec["run"]["warnings"] if w.startswith("machine check: ")]
+    assert len(drift) == len(off) == result.stdout.count("warning: machine check: ")
+    assert check["predicted_with_ratios"]["decode_step_s"] > 0
+    assert len(check["ratios_applied_to"]) == 3
+
+
+def _doctored(local_profile_path, tmp_path, key: str, factor: float):
+    """The session's profile with one fitted model's times multiplied by `factor` (a fitted model's
+    time is linear in its coefficients, planner/costmodel/fitted.py)."""
+    data = json.loads(local_profile_path.read_text())
+    data["cost_models"][key]["linear"] = [c * factor for c in data["cost_models"][key]["linear"]]
+    path = tmp_path / "doctored.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_a_profile_3x_too_fast_for_gemms_is_warned(run_cli, write_json, tmp_path, local_profile_path):
+    """A profile whose GEMM model says a third of the time: the check's GEMM ratio is 3x the GEMM's time
+    over the honest profile's model, far outside the band, printed and recorded as a warning."""
+    from planner.costmodel import CostModel
+    from planner.layer_costs import Gemm
+    from planner.profile import load_profile
+
+    # opt-125m's shapes are inside the smoke profile's sampled range; one stored layer keeps it small
+    plan = tiny_plan(**OPT_RAM)
+    plan["model"] = CATALOG["opt-125m"].to_dict()
+    plan["inputs"].update(model="opt-125m", seq=64, prompt=32, gen=8)
+    doctored = _doctored(local_profile_path, tmp_path, "gemm.device.float32", 1 / 3)
+    out = tmp_path / "run.json"
+    result = run_cli("execute", write_json("plan.json", plan), "--steps", "2", "--layers", "1", "--fill", "random",
+                     "--disk-dir", tmp_path, "--profile", doctored, "--out", out)
+    assert result.exit_code == 0, result.stderr
+    assert "warning: machine check: GEMM took x" in result.stdout
+    rec = json.loads(out.read_text())
+    gemm = _check(rec)["gemm"]
+    honest_s = CostModel(load_profile(local_profile_path)).gemm_s(Gemm(**gemm["shape"]), "float32")
+    expected = 3 * gemm["measured_s"] / honest_s
+    assert gemm["ratio"] == pytest.approx(expected, rel=0.01)
+    # loose: a shared machine is slower than its profile more often than faster; 1.5 leaves it 2x room
+    assert gemm["ratio"] > 1.5 and not gemm["within"]
+    assert any(w.startswith("machine check: GEMM took x") for w in rec["run"]["warnings"])
+    # the prediction re-made with the measured ratios undoes the doctoring of the GEMM model: its compute
+    # busy time is the doctored prediction's with the GEMM part multiplied by the ratio (> 1.5)
+    busy = rec["predicted"]["per_layer_busy_s"]["compute"]
+    assert rec["machine_check"]["predicted_with_ratios"]["per_layer_busy_s"]["compute"] > 1.2 * busy
+
+
+def test_no_check_skips_the_machine_check(run_cli, write_json, tmp_path, local_profile_path, monkeypatch):
+    def no_check(*_args, **_kwargs):
+        raise AssertionError("the machine check ran under --no-check")
+
+    monkeypatch.setattr("runtime.check.machine_check", no_check)
+    plan = write_json("plan.json", tiny_plan(**OPT_RAM))
+    result = run_cli("execute", plan, "--steps", "2", "--fill", "random", "--profile", local_profile_path,
+                     "--disk-dir", tmp_path, "--no-check", "--json")
+    assert result.exit_code == 0, result.stderr
+    rec = json.loads(result.stdout)
+    assert rec["machine_check"] is None and "machine check skipped (--no-check)" in rec["notes"]
+    assert "machine check" not in result.stderr
+
+
+def test_drift_warning_labels_the_report_row_apart_from_contention():
+    from planner.report.runs import run_record_from_dict
+
+    rec = {"measured": {"decode_step_s": 0.012}, "prediction": {"decode_step_s": 0.01},
+           "run": {"warnings": ["machine check: GEMM took x1.31 the profile's time, outside x0.90-x1.10 (assumed)"]}}
+    label = run_record_from_dict(rec, "run.json").label
+    assert "[not as profiled: GEMM took x1.31 the profile's time]" in label and "contended" not in label
+
+
+def test_profile_age_from_its_stamp_else_the_file_time(tmp_path):
+    from datetime import datetime, timezone
+
+    from planner.profile import load_profile, profile_from_dict
+    from runtime.check import profile_age
+
+    data = copy.deepcopy(load_profile(gpu="t4").data)
+    now = datetime(2026, 12, 3, 10, 0, tzinfo=timezone.utc)
+    data["measurement"] = {"measured_at": "2026-12-02T09:00:00+00:00"}
+    age = profile_age(profile_from_dict(data), None, now)
+    assert age == {"measured_at": "2026-12-02T09:00:00+00:00", "age_s": 25 * 3600.0,
+                   "age_source": "measurement.measured_at"}
+    del data["measurement"]
+    path = tmp_path / "old.json"
+    path.write_text("{}")
+    old = profile_age(profile_from_dict(data), path, now)
+    assert old["age_source"].startswith("the profile file's modification time")
+    assert profile_age(profile_from_dict(data), None, now)["age_s"] is None

@@ -57,32 +57,11 @@ def command(quick: bool, smoke: bool, disk_dir: Path | None, output: Path | None
 
 
 def runtime_kernels():
-    """The runtime's kernels as the probes call them (planner/profiling/kernels.py): decode attention
-    (runtime.model.attention), KV recompute (runtime.model.kv_from_x_into) and the disk reads' staging
-    pool (runtime.tiers.BufferPool). The CLI may import the runtime; planner/profiling may not."""
-    import dataclasses
-    import functools
+    """The runtime's kernels as the probes call them (runtime/probe_kernels.py; the CLI may import the
+    runtime, planner/profiling may not)."""
+    from runtime.probe_kernels import runtime_kernels as kernels
 
-    from planner.models import CATALOG
-    from planner.profiling import Kernels
-    from runtime import model as M
-    from runtime import tiers
-
-    # an attention-only Arch of any head shape: a catalog model's (no RoPE) with the head counts replaced
-    base = dataclasses.replace(M.Arch.of(CATALOG["opt-125m"]), rotary=False)
-
-    @functools.cache
-    def arch(heads: int, kv_heads: int, head_dim: int):
-        return dataclasses.replace(base, hidden=heads * head_dim, heads=heads, kv_heads=kv_heads, head_dim=head_dim)
-
-    def decode_attention(q, kv, kv_heads: int):
-        return M.attention(arch(q.shape[1], kv_heads, q.shape[3]), q, kv, causal=False)
-
-    def kv_recompute(wkv, x_tm, out) -> None:
-        M.kv_from_x_into(base, {"wkv": wkv}, x_tm, None, out)
-
-    return Kernels(decode_attention=decode_attention, kv_recompute=kv_recompute, staging_pool=tiers.BufferPool,
-                   source="runtime.model.attention, runtime.model.kv_from_x_into, runtime.tiers.BufferPool")
+    return kernels()
 
 
 class _progress:

@@ -449,7 +449,11 @@ def assemble(r: Measured) -> dict[str, Any]:
 
 
 def _measurement(r: Measured) -> dict[str, Any]:
+    from datetime import datetime, timezone
+
     return {
+        # when the probes finished (UTC): `kvplan execute`'s machine check prints the profile's age
+        "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "mode": r.mode.name,
         "parts": list(r.parts),
         "kernels": r.kernels,

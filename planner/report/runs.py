@@ -4,8 +4,9 @@ A run record holds a "measured" object next to the plan's prediction, with the s
 plan's "prediction" (seconds, tokens per second). The prediction is read from the record's
 "prediction" (or "predicted") object, or from the plan embedded under "plan"; the run's model,
 context, batch and strategy from the embedded plan, or from the record's own "inputs"/"decisions".
-A record whose run carries warnings (load above the CPU count, a crowded-out compute thread) says so
-in its label, which the report's measured table and figure show.
+A record whose run carries warnings (load above the CPU count, a crowded-out compute thread; or
+execute's machine check finding the machine slower or faster than its profile) says so in its label,
+which the report's measured table and figure show.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 from planner.errors import KvplanError
 from planner.jsonio import read_json
-from planner.schemas import check_run_record
+from planner.schemas import MACHINE_CHECK_WARNING, check_run_record
 
 # Compared when both sides have them; the first is the headline of the figure.
 METRICS = (
@@ -32,7 +33,7 @@ class RunRecord:
     label: str
     predicted: dict[str, float]
     measured: dict[str, float]
-    # why the run's timings may not be evidence (kvplan execute's run.warnings: load, contention)
+    # why the run's timings may not be evidence (kvplan execute's run.warnings: load, contention, drift)
     warnings: tuple[str, ...] = ()
 
     def metrics(self) -> list[str]:
@@ -90,9 +91,13 @@ def run_record_from_dict(data: Any, source: str) -> RunRecord:
         parts.append(str(decisions["strategy"]))
     warnings = tuple(str(w) for w in run.get("warnings", []) if isinstance(w, str)) if isinstance(
         run.get("warnings"), list) else ()
-    if warnings:
-        more = f" (+{len(warnings) - 1} more)" if len(warnings) > 1 else ""
-        parts.append(f"[contended: {warnings[0]}{more}]")
+    drift = [w for w in warnings if w.startswith(MACHINE_CHECK_WARNING)]
+    for kind, found in (("contended", [w for w in warnings if w not in drift]), ("not as profiled", drift)):
+        if found:
+            more = f" (+{len(found) - 1} more)" if len(found) > 1 else ""
+            # a machine-check warning up to its band: "GEMM took x1.31 the profile's time"
+            first = found[0].removeprefix(MACHINE_CHECK_WARNING).split(", outside")[0]
+            parts.append(f"[{kind}: {first}{more}]")
     return RunRecord(source=source, label=" ".join(parts), predicted=predicted, measured=measured,
                      warnings=warnings)
 
