@@ -385,3 +385,45 @@ def test_no_command_prints_the_help_not_an_error_line():
     """Usage errors are one line, but plain `kvplan` still shows click's help (exit 2, as click does)."""
     result = CliRunner().invoke(main, [])
     assert result.exit_code == 2 and "Commands:" in result.output and "Error" not in result.output
+
+
+HOSTILE_NAME = "opt\x1b[31mX\nY"  # a terminal escape and a newline inside a model name
+SHOWN_NAME = "opt\\x1b[31mX\\nY"
+
+
+def _name_line(stdout: str) -> str:
+    """The output's first line holding the name, which must be shown escaped and nowhere raw (click
+    drops the escape sequence itself when stdout is not a terminal, but not the newline)."""
+    assert "\x1b" not in stdout and "mX\nY" not in stdout, stdout
+    lines = [line for line in stdout.splitlines() if SHOWN_NAME in line]
+    assert lines, stdout
+    return lines[0]
+
+
+def test_names_from_a_config_print_escaped(tmp_path, run_cli):
+    cfg = put(tmp_path, "m/config.json", dict(OPT_CONFIG, _name_or_path=HOSTILE_NAME))
+    models = run_cli("models", cfg)
+    assert models.exit_code == 0, models.output
+    assert _name_line(models.stdout).startswith(f"{SHOWN_NAME}: opt, 2 layers")
+    predicted = run_cli("predict", "--model", cfg, "--gpu", "t4", "--tokens", "1")
+    assert predicted.exit_code == 0, predicted.output
+    assert _name_line(predicted.stdout).startswith(f"{SHOWN_NAME} on t4 ")
+
+
+def test_names_from_a_plan_print_escaped(tmp_path, run_cli):
+    path = Path(solved_with(model__name=HOSTILE_NAME, inputs__model=HOSTILE_NAME)(tmp_path))
+    explained = run_cli("explain", path)
+    assert explained.exit_code == 0, explained.output
+    assert _name_line(explained.stdout).startswith(f"Plan: {SHOWN_NAME} on t4 ")
+    exported = run_cli("export", path, "--to", "accelerate", "-o", tmp_path / "run.py")
+    assert exported.exit_code == 0, exported.output
+    assert _name_line(exported.stdout).startswith(f"{SHOWN_NAME} on t4, ")
+    # the snippet's first line is a comment: a raw newline in the name would end it and start code
+    assert (tmp_path / "run.py").read_text().splitlines()[0].startswith(f"# kvplan export: {SHOWN_NAME} for ")
+
+
+def test_execute_header_prints_the_plan_name_escaped(tmp_path, run_cli):
+    plan = plan_with(model__name=HOSTILE_NAME, inputs__model=HOSTILE_NAME)(tmp_path)
+    result = run_cli("execute", plan, "--steps", "1", "--quiet", "--disk-dir", tmp_path)
+    assert result.exit_code == 0, result.output
+    assert _name_line(result.stdout).startswith(f"{SHOWN_NAME}: batch 4")
