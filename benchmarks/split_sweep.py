@@ -20,7 +20,7 @@ from _runtime_bench import REPO, load_note, local_profile, median_run, run_in_ro
 
 from planner.jsonio import write_json_atomic
 from planner.models import load_model
-from planner.plan import decisions_from_dict
+from planner.plan import plan_from_dict
 from planner.search import SolveRequest, evaluate, solve
 
 
@@ -58,7 +58,7 @@ def main() -> int:
     variants = []
     for l_tok in points:
         p = with_decisions(plan, split_tokens=l_tok)
-        pred = evaluate(model, p["inputs"], decisions_from_dict(p["decisions"], args.seq), profile)
+        pred = evaluate(model, p["inputs"], plan_from_dict(p, "<split sweep>").decisions, profile)
         variants.append((l_tok, p, pred))
     runs = run_in_rounds([(f"l={l_tok}", p) for l_tok, p, _ in variants], args.repeats, profile_path,
                          args.layers, args.steps, Path(args.disk_dir), args.threads)

@@ -6,6 +6,8 @@ docs/planner.md, "Memory", has the table and the sources.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from planner.layer_costs import embedding_params, kv_bytes_per_token, layer_weight_bytes, x_bytes_per_token
 from planner.models import DTYPE_BYTES, ModelConfig
 from planner.placement import TIER_INITIAL, TIERS
@@ -93,3 +95,44 @@ def rounding_margin_bytes(st: Setting, combo: Combo) -> float:
     m = st.model
     return float(ROUNDING_TOKENS * m.num_layers * combo.batch * max(kv_bytes_per_token(m, st.dtype),
                                                                     x_bytes_per_token(m, st.dtype)))
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """The least memory one combo needs at `seq` tokens (the infeasibility message's numbers), from the
+    same pieces tier_bytes adds up."""
+
+    cache_bytes: int  # the whole batch's cache: K,V, or X where that is smaller and X is allowed
+    weight_bytes: int  # all layers
+    layer_weight_bytes: int  # one layer
+    embedding_bytes: int
+    activation_bytes: int  # the device's prefill working memory (activation_bytes)
+    hidden_bytes: int  # of which the block's hidden states in prefill
+    staging_bytes: int  # K,V and X staging when attention runs on the device (stream_buffer_bytes)
+
+    @property
+    def device_min_bytes(self) -> int:
+        """On the device with everything else offloaded: two streamed layers and the staging."""
+        return self.embedding_bytes + self.activation_bytes + 2 * self.layer_weight_bytes + self.staging_bytes
+
+    @property
+    def resident_bytes(self) -> int:
+        """The whole cache on the device, weights streamed one layer at a time (double-buffered)."""
+        return (self.embedding_bytes + self.activation_bytes + self.cache_bytes
+                + min(self.weight_bytes, 2 * self.layer_weight_bytes))
+
+
+def smallest_footprint(st: Setting, combo: Combo, x_allowed: bool) -> Footprint:
+    """The footprint of `combo`; with `x_allowed`, each token is cached as the smaller of K,V and X."""
+    m, dt = st.model, st.dtype
+    per_token = kv_bytes_per_token(m, dt)
+    if x_allowed:
+        per_token = min(per_token, x_bytes_per_token(m, dt))
+    W = layer_weight_bytes(m, dt)
+    return Footprint(
+        cache_bytes=m.num_layers * combo.batch * st.seq * per_token, weight_bytes=m.num_layers * W,
+        layer_weight_bytes=W, embedding_bytes=embedding_params(m) * DTYPE_BYTES[dt],
+        activation_bytes=activation_bytes(m, dt, combo, st.prompt),
+        hidden_bytes=2 * combo.batch * st.prompt * m.hidden_size * DTYPE_BYTES[dt],
+        staging_bytes=stream_buffer_bytes(m, dt, combo, st.seq),
+    )

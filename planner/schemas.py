@@ -22,9 +22,9 @@ from planner.model_config import DTYPE_BYTES, ModelRecord
 from planner.placement import ATTENTION_PLACES, STRATEGIES
 from planner.validation import Strict, validate
 
-PLAN_SCHEMA_VERSION = 1  # the number planner/plan.py writes and checks (a test keeps them equal)
-MAX_SEQ = 10_000_000  # tokens; the bound planner/plan.py gives inputs.seq
-MAX_BATCH = 1 << 20  # sequences; the bound planner/plan.py gives decisions.batch
+PLAN_SCHEMA_VERSION = 1  # the number `kvplan solve` writes and every reader checks
+MAX_SEQ = 10_000_000  # tokens; the bound on inputs.seq
+MAX_BATCH = 1 << 20  # sequences; the bound on decisions.batch
 FRACTION_SLACK = 1e-6  # placements sum to 1 within this
 
 Name = Annotated[str, Field(min_length=1, max_length=1000)]

@@ -119,25 +119,27 @@ def random_outer_weights(m: ModelConfig, seed: int, dtype: torch.dtype) -> dict[
 
 
 # --- Hugging Face safetensors checkpoints -------------------------------------------------------
+def _attention_names(out_proj: str) -> dict[str, str]:
+    """The attention's q, k, v and output projections, weights (wq..wo) and biases (bq..bo); the output
+    projection is OPT's out_proj, the others' o_proj."""
+    return {f"{kind}{ours}": f"self_attn.{theirs}.{'weight' if kind == 'w' else 'bias'}"
+            for ours, theirs in (("q", "q_proj"), ("k", "k_proj"), ("v", "v_proj"), ("o", out_proj))
+            for kind in ("w", "b")}
+
+
 def _hf_layer_names(m: ModelConfig, i: int) -> dict[str, str]:
     """Our tensor names -> the checkpoint's (without the "model." prefix). Phi-3 stores q, k, v as one
     qkv_proj and gate, up as one gate_up_proj: those map whole onto wqkv and gate+up."""
     if m.family == "opt":
         p = f"decoder.layers.{i}."
         names = {"ln1.w": "self_attn_layer_norm.weight", "ln1.b": "self_attn_layer_norm.bias",
-                 "wq": "self_attn.q_proj.weight", "bq": "self_attn.q_proj.bias",
-                 "wk": "self_attn.k_proj.weight", "bk": "self_attn.k_proj.bias",
-                 "wv": "self_attn.v_proj.weight", "bv": "self_attn.v_proj.bias",
-                 "wo": "self_attn.out_proj.weight", "bo": "self_attn.out_proj.bias",
+                 **_attention_names("out_proj"),
                  "ln2.w": "final_layer_norm.weight", "ln2.b": "final_layer_norm.bias",
                  "fc1": "fc1.weight", "b1": "fc1.bias", "fc2": "fc2.weight", "b2": "fc2.bias"}
     else:
         p = f"layers.{i}."
         names = {"ln1.w": "input_layernorm.weight", "ln2.w": "post_attention_layernorm.weight",
-                 "wq": "self_attn.q_proj.weight", "bq": "self_attn.q_proj.bias",
-                 "wk": "self_attn.k_proj.weight", "bk": "self_attn.k_proj.bias",
-                 "wv": "self_attn.v_proj.weight", "bv": "self_attn.v_proj.bias",
-                 "wo": "self_attn.o_proj.weight", "bo": "self_attn.o_proj.bias",
+                 **_attention_names("o_proj"),
                  "norm_q.w": "self_attn.q_norm.weight", "norm_k.w": "self_attn.k_norm.weight",
                  "gate": "mlp.gate_proj.weight", "up": "mlp.up_proj.weight", "down": "mlp.down_proj.weight",
                  "b_gate": "mlp.gate_proj.bias", "b_up": "mlp.up_proj.bias", "b_down": "mlp.down_proj.bias"}

@@ -43,3 +43,15 @@ def local_profile_path(tmp_path_factory) -> Path:
     )
     assert result.exit_code == 0, result.output
     return path
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny matrices: one torch intra-op thread (on a shared, loaded machine more threads only wait for
+    each other). A module opts in with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    import torch  # only the modules that run the runtime pay for the import
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -7,6 +7,7 @@ import dataclasses
 import json
 
 import pytest
+from _helpers import with_changes
 
 from planner.models import CATALOG
 
@@ -102,16 +103,7 @@ def test_layers_keep_the_whole_models_weight_placement(run_cli, write_json, tmp_
 
 
 def _mutate(path: str, value):
-    plan = tiny_plan()
-    obj = plan
-    keys = path.split(".")
-    for k in keys[:-1]:
-        obj = obj[k]
-    if value is KeyError:
-        del obj[keys[-1]]
-    else:
-        obj[keys[-1]] = value
-    return plan
+    return with_changes(tiny_plan(), {path: value})
 
 
 BAD_PLANS = {

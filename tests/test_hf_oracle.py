@@ -24,11 +24,15 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+from _helpers import teacher_forced, tiny_decisions  # noqa: E402
+
 from planner import layer_costs as lc  # noqa: E402
 from planner.errors import KvplanError  # noqa: E402
 from planner.models import load_model  # noqa: E402
 from planner.plan import Decisions  # noqa: E402
 from runtime.executor import Executor, Setup  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 PROMPT, STEPS = 7, 5
 SEQ = PROMPT + STEPS
@@ -74,15 +78,6 @@ PLACEMENTS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matrices: one torch thread is ~10x faster than several on a shared, loaded machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _randomize(model: torch.nn.Module, seed: int) -> None:
     """Weights far from transformers' small init, so attention is far from uniform and every
     term of the math moves the logits: matrices with unit-variance outputs, norm gains near 1,
@@ -114,19 +109,8 @@ def build(family: str, folder, seed: int = 0):
 
 def run(m, folder, dec: Decisions, tokens: torch.Tensor, disk_dir) -> torch.Tensor:
     """kvplan's runtime on the saved checkpoint: logits after the prefill and each decode step."""
-    ex = Executor(Setup(m, dec, SEQ, m.num_layers, disk_dir=disk_dir, weights_dir=folder))
-    try:
-        first = ex.prefill(tokens[:, :PROMPT])
-        outs = ex.decode(PROMPT, tokens[:, PROMPT], STEPS, forced=tokens[:, PROMPT + 1:], keep_logits=True)
-    finally:
-        ex.close()
-    return torch.stack([first] + outs, dim=1)
-
-
-def decisions(split: int, kv: dict, x: dict, weights: dict, ngb: int) -> Decisions:
-    return Decisions(strategy="mixed", dtype="float32", batch=BATCH, gpu_batch=BATCH // ngb, num_gpu_batches=ngb,
-                     split_tokens=split, kv_placement=kv, x_placement=x, weight_placement=weights,
-                     attention_where="device")
+    return teacher_forced(Executor(Setup(m, dec, SEQ, m.num_layers, disk_dir=disk_dir, weights_dir=folder)),
+                          tokens, PROMPT)
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
@@ -143,7 +127,7 @@ def test_runtime_matches_transformers(family, tmp_path):
     disk = tmp_path / "disk"
     disk.mkdir()
     for label, split, kv, x, w, ngb in PLACEMENTS:
-        got = run(m, folder, decisions(split, kv, x, w, ngb), tokens, disk)
+        got = run(m, folder, tiny_decisions(split, kv, x, w, ngb=ngb, batch=BATCH), tokens, disk)
         delta = float((got - ref).abs().max())
         assert delta <= TOL, f"{family} {label}: max |logit difference| {delta:.3g}"
     assert not list(disk.iterdir()), "the runs left disk files behind"
@@ -173,7 +157,7 @@ def test_sliding_window_shorter_than_the_context_is_refused_before_allocating(tm
     disk = tmp_path / "disk"
     disk.mkdir()
     with pytest.raises(KvplanError, match="sliding-window attention .window 11. is not implemented"):
-        Executor(Setup(m, decisions(0, DISK, DISK, DISK, 2), SEQ, m.num_layers, disk_dir=disk,
+        Executor(Setup(m, tiny_decisions(0, DISK, DISK, DISK, batch=BATCH), SEQ, m.num_layers, disk_dir=disk,
                        weights_dir=tmp_path / "ms"))
     assert not list(disk.iterdir())
 
@@ -193,7 +177,7 @@ def test_sharded_checkpoint_through_its_index(tmp_path):
         ref = hf(input_ids=tokens).logits[:, PROMPT - 1:]
     disk = tmp_path / "disk"
     disk.mkdir()
-    got = run(m, folder, decisions(3, MIXED, MIXED, MIXED, 2), tokens, disk)
+    got = run(m, folder, tiny_decisions(3, MIXED, MIXED, MIXED, batch=BATCH), tokens, disk)
     assert float((got - ref).abs().max()) <= TOL
 
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from _helpers import with_changes
 from click.testing import CliRunner
 
 from planner.cli import main
@@ -59,17 +60,7 @@ def plan_with(**changes) -> Callable[[Path], str]:
     """A tiny plan with a__b__c = value set (deleted when the value is KeyError)."""
 
     def make(d: Path) -> str:
-        plan = tiny_plan()
-        for dotted, value in changes.items():
-            keys = dotted.split("__")
-            obj = plan
-            for k in keys[:-1]:
-                obj = obj[k]
-            if value is KeyError:
-                del obj[keys[-1]]
-            else:
-                obj[keys[-1]] = value
-        return put(d, "plan.json", plan)
+        return put(d, "plan.json", with_changes(tiny_plan(), changes, sep="__"))
 
     return make
 
@@ -122,38 +113,20 @@ def solved_plan(d: Path) -> str:
 def solved_with(**changes) -> Callable[[Path], str]:
     def make(d: Path) -> str:
         path = Path(solved_plan(d))
-        plan = json.loads(path.read_text())
-        for dotted, value in changes.items():
-            keys = dotted.split("__")
-            obj = plan
-            for k in keys[:-1]:
-                obj = obj[k]
-            if value is KeyError:
-                del obj[keys[-1]]
-            else:
-                obj[keys[-1]] = value
-        path.write_text(json.dumps(plan))
+        path.write_text(json.dumps(with_changes(json.loads(path.read_text()), changes, sep="__")))
         return str(path)
 
     return make
 
 
-def symlink_to(make: Callable[[Path], str], name: str) -> Callable[[Path], str]:
-    def link(d: Path) -> str:
-        target = make(d)
-        os.symlink(target, d / name)
+def linked_to(make: Callable[[Path], str], name: str, link=os.symlink) -> Callable[[Path], str]:
+    """The file `make` writes, reached through `name`: a symbolic link (or a hard link: link=os.link)."""
+
+    def made(d: Path) -> str:
+        link(make(d), d / name)
         return str(d / name)
 
-    return link
-
-
-def hardlink_to(make: Callable[[Path], str], name: str) -> Callable[[Path], str]:
-    def link(d: Path) -> str:
-        target = make(d)
-        os.link(target, d / name)
-        return str(d / name)
-
-    return link
+    return made
 
 
 def run_record(**measured) -> Callable[[Path], str]:
@@ -267,10 +240,10 @@ CASES: list[tuple[str, list, tuple]] = [
     ("execute alibi positions", ["execute", plan_with(model__position_encoding="alibi"), "--steps", "1"], ()),
     # output paths that are inputs, empty output names
     ("solve -o the profile", [*SOLVE[:5], "--profile", profile, "-o", lambda d: str(d / "P.json")], ()),
-    ("solve -o a symlink to the profile", [*SOLVE[:5], "--profile", profile, "-o", symlink_to(profile, "L.json")],
+    ("solve -o a symlink to the profile", [*SOLVE[:5], "--profile", profile, "-o", linked_to(profile, "L.json")],
      ()),
-    ("solve -o a hard link to the profile", [*SOLVE[:5], "--profile", profile, "-o", hardlink_to(profile, "H.json")],
-     ()),
+    ("solve -o a hard link to the profile", [*SOLVE[:5], "--profile", profile, "-o",
+                                             linked_to(profile, "H.json", os.link)], ()),
     ("solve -o new/../profile", [*SOLVE[:5], "--profile", profile, "-o", lambda d: str(d / "new" / ".." / "P.json")],
      ()),
     ("solve -o the model's config.json", [*SOLVE[:2], config(OPT_CONFIG), *SOLVE[3:], "-o",
@@ -279,7 +252,7 @@ CASES: list[tuple[str, list, tuple]] = [
                                                 *SOLVE[3:], "-o", lambda d: str(d / "model" / "config.json")], ()),
     ("solve -o ''", [*SOLVE, "-o", ""], ()),
     ("execute --out the plan", ["execute", plan_with(), "--out", lambda d: str(d / "plan.json")], ()),
-    ("execute --out a symlink to the plan", ["execute", plan_with(), "--out", symlink_to(plan_with(), "l.json")], ()),
+    ("execute --out a symlink to the plan", ["execute", plan_with(), "--out", linked_to(plan_with(), "l.json")], ()),
     ("execute --out the profile", ["execute", plan_with(), "--profile", profile, "--out",
                                    lambda d: str(d / "P.json")], ()),
     ("execute --out ''", ["execute", plan_with(), "--out", ""], ()),
@@ -385,3 +358,45 @@ def test_no_command_prints_the_help_not_an_error_line():
     """Usage errors are one line, but plain `kvplan` still shows click's help (exit 2, as click does)."""
     result = CliRunner().invoke(main, [])
     assert result.exit_code == 2 and "Commands:" in result.output and "Error" not in result.output
+
+
+HOSTILE_NAME = "opt\x1b[31mX\nY"  # a terminal escape and a newline inside a model name
+SHOWN_NAME = "opt\\x1b[31mX\\nY"
+
+
+def _name_line(stdout: str) -> str:
+    """The output's first line holding the name, which must be shown escaped and nowhere raw (click
+    drops the escape sequence itself when stdout is not a terminal, but not the newline)."""
+    assert "\x1b" not in stdout and "mX\nY" not in stdout, stdout
+    lines = [line for line in stdout.splitlines() if SHOWN_NAME in line]
+    assert lines, stdout
+    return lines[0]
+
+
+def test_names_from_a_config_print_escaped(tmp_path, run_cli):
+    cfg = put(tmp_path, "m/config.json", dict(OPT_CONFIG, _name_or_path=HOSTILE_NAME))
+    models = run_cli("models", cfg)
+    assert models.exit_code == 0, models.output
+    assert _name_line(models.stdout).startswith(f"{SHOWN_NAME}: opt, 2 layers")
+    predicted = run_cli("predict", "--model", cfg, "--gpu", "t4", "--tokens", "1")
+    assert predicted.exit_code == 0, predicted.output
+    assert _name_line(predicted.stdout).startswith(f"{SHOWN_NAME} on t4 ")
+
+
+def test_names_from_a_plan_print_escaped(tmp_path, run_cli):
+    path = Path(solved_with(model__name=HOSTILE_NAME, inputs__model=HOSTILE_NAME)(tmp_path))
+    explained = run_cli("explain", path)
+    assert explained.exit_code == 0, explained.output
+    assert _name_line(explained.stdout).startswith(f"Plan: {SHOWN_NAME} on t4 ")
+    exported = run_cli("export", path, "--to", "accelerate", "-o", tmp_path / "run.py")
+    assert exported.exit_code == 0, exported.output
+    assert _name_line(exported.stdout).startswith(f"{SHOWN_NAME} on t4, ")
+    # the snippet's first line is a comment: a raw newline in the name would end it and start code
+    assert (tmp_path / "run.py").read_text().splitlines()[0].startswith(f"# kvplan export: {SHOWN_NAME} for ")
+
+
+def test_execute_header_prints_the_plan_name_escaped(tmp_path, run_cli):
+    plan = plan_with(model__name=HOSTILE_NAME, inputs__model=HOSTILE_NAME)(tmp_path)
+    result = run_cli("execute", plan, "--steps", "1", "--quiet", "--disk-dir", tmp_path)
+    assert result.exit_code == 0, result.output
+    assert _name_line(result.stdout).startswith(f"{SHOWN_NAME}: batch 4")

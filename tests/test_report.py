@@ -13,6 +13,10 @@ import pytest
 from planner.errors import KvplanError
 from planner.report.options import parse_batches, parse_seqs
 
+# A report frame read back from results.csv has one block per column: inserting a column into it
+# (planner/report/frame.py once did) makes pandas warn, and the warning is an error here.
+pytestmark = pytest.mark.filterwarnings("error::pandas.errors.PerformanceWarning")
+
 # A small grid that still exercises feasible and infeasible cells: OPT-1.3B (MHA, so recompute can
 # pay) on a T4 and an A100; the KV of batch 64 at 16k tokens does not fit a T4 resident.
 SMALL = ("--models", "opt-1.3b", "--gpus", "t4,a100-40g-pcie", "--seqs", "2k,16k", "--batches", "64",

@@ -9,12 +9,17 @@ import re
 
 import numpy as np
 import pandas as pd
+import pytest
 from matplotlib.figure import Figure
 
 from planner.cli.plan_text import batch_text, gain_lines, tier_text
 from planner.models import CATALOG
 from planner.profile import datasheet_names
 from planner.report.options import resolve_gpus, resolve_models
+
+# A report frame read back from results.csv has one block per column: inserting a column into it
+# (planner/report/frame.py once did) makes pandas warn, and the warning is an error here.
+pytestmark = pytest.mark.filterwarnings("error::pandas.errors.PerformanceWarning")
 
 
 def test_batch_split_reads_count_then_size_and_says_batch_on_a_cpu():

@@ -9,6 +9,7 @@ import struct
 
 import pytest
 import torch
+from _helpers import reference_logits, teacher_forced, tiny_decisions
 
 from planner.models import CATALOG
 from planner.plan import Decisions
@@ -31,32 +32,16 @@ SEQ = PROMPT + STEPS
 ATOL = 2e-4  # fp32; the logits are of order 10
 
 
-def decisions(split: int, kv: dict, x: dict, weights: dict, batch: int = 4, ngb: int = 2) -> Decisions:
-    return Decisions(strategy="mixed", dtype="float32", batch=batch, gpu_batch=batch // ngb, num_gpu_batches=ngb,
-                     split_tokens=split, kv_placement=kv, x_placement=x, weight_placement=weights,
-                     attention_where="device")
-
-
 def tokens_for(m) -> torch.Tensor:
     return torch.randint(0, m.vocab_size, (4, SEQ), generator=torch.Generator().manual_seed(3))
 
 
-def reference(m, tok: torch.Tensor) -> torch.Tensor:
-    outer = M.random_outer_weights(m, 0, torch.float32)
-    layers = [M.random_layer_weights(m, i, 0, torch.float32) for i in range(m.num_layers)]
-    return M.reference_logits(m, outer, layers, tok)
-
-
 def run_decode(m, dec: Decisions, tok: torch.Tensor, disk_dir, weights_dir=None) -> torch.Tensor:
     """Prefill the prompt, then decode STEPS tokens teacher-forced; logits [batch, STEPS + 1, vocab]."""
-    ex = Executor(Setup(m, dec, SEQ, m.num_layers, disk_dir=disk_dir, weights_dir=weights_dir))
-    try:
-        first = ex.prefill(tok[:, :PROMPT])
-        outs = ex.decode(PROMPT, tok[:, PROMPT], STEPS, forced=tok[:, PROMPT + 1:], keep_logits=True)
-    finally:
-        ex.close()
+    got = teacher_forced(Executor(Setup(m, dec, SEQ, m.num_layers, disk_dir=disk_dir, weights_dir=weights_dir)),
+                         tok, PROMPT)
     assert not list(disk_dir.glob("kvplan-*")), "the run left its disk files behind"
-    return torch.stack([first] + outs, dim=1)
+    return got
 
 
 @pytest.fixture(scope="module")
@@ -66,9 +51,9 @@ def refs(tmp_path_factory):
     disk = tmp_path_factory.mktemp("disk")
     for m in (TINY_OPT, TINY_LLAMA, TINY_QWEN):
         tok = tokens_for(m)
-        resident = run_decode(m, decisions(0, RAM, RAM, RAM), tok, disk)  # all K,V in memory
-        transfer = run_decode(m, decisions(0, DISK, DISK, RAM), tok, disk)  # all K,V streamed from disk
-        out[m.name] = (tok, reference(m, tok)[:, PROMPT - 1:], resident, transfer)
+        resident = run_decode(m, tiny_decisions(0, RAM, RAM, RAM), tok, disk)  # all K,V in memory
+        transfer = run_decode(m, tiny_decisions(0, DISK, DISK, RAM), tok, disk)  # all K,V streamed from disk
+        out[m.name] = (tok, reference_logits(m, tok)[:, PROMPT - 1:], resident, transfer)
     return out
 
 
@@ -84,7 +69,7 @@ def test_resident_and_transfer_match_plain_forward(m, refs):
 def test_partial_recompute_matches_transfer_resident_and_reference(m, split, refs, tmp_path):
     tok, ref, resident, transfer = refs[m.name]
     for place in (RAM, DISK, MIXED):
-        got = run_decode(m, decisions(split, place, place, RAM), tok, tmp_path)
+        got = run_decode(m, tiny_decisions(split, place, place, RAM), tok, tmp_path)
         assert torch.allclose(got, resident, atol=ATOL, rtol=0), (split, place, (got - resident).abs().max())
         assert torch.allclose(got, transfer, atol=ATOL, rtol=0)
         assert torch.allclose(got, ref, atol=ATOL, rtol=0)
@@ -92,9 +77,9 @@ def test_partial_recompute_matches_transfer_resident_and_reference(m, split, ref
 
 def test_weights_streamed_from_disk_and_one_gpu_batch(refs, tmp_path):
     tok, ref = refs[TINY_LLAMA.name][:2]
-    got = run_decode(TINY_LLAMA, decisions(4, MIXED, DISK, DISK, ngb=1), tok, tmp_path)
+    got = run_decode(TINY_LLAMA, tiny_decisions(4, MIXED, DISK, DISK, ngb=1), tok, tmp_path)
     assert torch.allclose(got, ref, atol=ATOL, rtol=0)
-    got = run_decode(TINY_OPT, decisions(5, DISK, MIXED, MIXED, ngb=4), tokens_for(TINY_OPT), tmp_path)
+    got = run_decode(TINY_OPT, tiny_decisions(5, DISK, MIXED, MIXED, ngb=4), tokens_for(TINY_OPT), tmp_path)
     assert torch.allclose(got, refs[TINY_OPT.name][1], atol=ATOL, rtol=0)
 
 
@@ -102,9 +87,9 @@ def test_greedy_decode_is_deterministic_and_single_layer_pipeline(tmp_path):
     """One layer: the next step's prefetch must wait for this step's write-back (no stale reads)."""
     m = dataclasses.replace(TINY_OPT, num_layers=1)
     tok = tokens_for(m)
-    ref = reference(m, tok)[:, PROMPT - 1:]
+    ref = reference_logits(m, tok)[:, PROMPT - 1:]
     for split in (0, 4, SEQ):
-        got = run_decode(m, decisions(split, DISK, DISK, RAM), tok, tmp_path)
+        got = run_decode(m, tiny_decisions(split, DISK, DISK, RAM), tok, tmp_path)
         assert torch.allclose(got, ref, atol=ATOL, rtol=0)
 
 
@@ -158,5 +143,5 @@ def test_hugging_face_checkpoint_is_loaded(m, tmp_path):
     _save_safetensors(ckpt / "model.safetensors", hf)
     tok = tokens_for(m)
     ref = M.reference_logits(m, outer, layers, tok)[:, PROMPT - 1:]
-    got = run_decode(m, decisions(3, DISK, DISK, RAM), tok, tmp_path, weights_dir=ckpt)
+    got = run_decode(m, tiny_decisions(3, DISK, DISK, RAM), tok, tmp_path, weights_dir=ckpt)
     assert torch.allclose(got, ref, atol=ATOL, rtol=0)

@@ -16,11 +16,11 @@ from contextlib import contextmanager
 
 import pytest
 import torch
+from _helpers import reference_logits, teacher_forced, tiny_decisions
 
 from planner.directio import DiskFile
 from planner.models import CATALOG
 from planner.plan import Decisions
-from runtime import model as M
 from runtime.executor import Executor, Setup
 from runtime.links import Links, Tag
 from runtime.measure import Recorder
@@ -41,13 +41,7 @@ SEQ = PROMPT + STEPS
 ATOL = 2e-4
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny ops: one intra-op thread (on a loaded machine, more threads only wait for each other)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _extent(t: torch.Tensor) -> tuple[int, int]:
@@ -182,31 +176,15 @@ class FakeStreams(Streams):
         return t
 
 
-def _decisions(split: int, kv: dict, x: dict, weights: dict, ngb: int = 2, attention: str = "device") -> Decisions:
-    return Decisions(strategy="mixed", dtype="float32", batch=4, gpu_batch=4 // ngb, num_gpu_batches=ngb,
-                     split_tokens=split, kv_placement=kv, x_placement=x, weight_placement=weights,
-                     attention_where=attention)
-
-
-def _reference(m, tok: torch.Tensor) -> torch.Tensor:
-    outer = M.random_outer_weights(m, 0, torch.float32)
-    layers = [M.random_layer_weights(m, i, 0, torch.float32) for i in range(m.num_layers)]
-    return M.reference_logits(m, outer, layers, tok)[:, PROMPT - 1:]
-
-
 def _run(m, dec: Decisions, disk_dir, fake: FakeStreams) -> tuple[torch.Tensor, Executor]:
     tok = torch.randint(0, m.vocab_size, (4, SEQ), generator=torch.Generator().manual_seed(3))
     ex = Executor(Setup(m, dec, SEQ, m.num_layers, disk_dir=disk_dir), streams=fake)
     # no compute-stream sync at the end of compute intervals: the streams must be ordered by the
     # executor's events alone (a GPU's compute stream may lag the host)
     ex.rec = Recorder(sync=None)
-    try:
-        first = ex.prefill(tok[:, :PROMPT])
-        outs = ex.decode(PROMPT, tok[:, PROMPT], STEPS, forced=tok[:, PROMPT + 1:], keep_logits=True)
-    finally:
-        ex.close()
-    got = torch.stack([first] + outs, dim=1)
-    assert torch.allclose(got, _reference(m, tok), atol=ATOL, rtol=0), (got - _reference(m, tok)).abs().max()
+    got = teacher_forced(ex, tok, PROMPT)
+    ref = reference_logits(m, tok)[:, PROMPT - 1:]
+    assert torch.allclose(got, ref, atol=ATOL, rtol=0), (got - ref).abs().max()
     return got, ex
 
 
@@ -223,13 +201,13 @@ def _check_link_intervals(fake: FakeStreams, ex: Executor) -> None:
 
 
 CASES = {
-    "kv and x on host, recompute": (TINY_LLAMA, _decisions(4, HOST, HOST, DEVICE)),
-    "kv and x on disk, weights on host": (TINY_OPT, _decisions(3, DISK, DISK, HOST)),
-    "mixed tiers, weights on disk, one gpu batch": (TINY_LLAMA, _decisions(5, MIXED, MIXED, DISK, ngb=1)),
-    "mixed tiers, four gpu batches": (TINY_OPT, _decisions(2, MIXED, MIXED, MIXED, ngb=4)),
-    "transfer from host": (TINY_OPT, _decisions(0, HOST, HOST, DEVICE)),
-    "attention on the cpu next to host k,v": (TINY_LLAMA, _decisions(3, MIXED, HOST, DEVICE, attention="cpu")),
-    "resident on host, attention on the cpu": (TINY_OPT, _decisions(0, HOST, HOST, DEVICE, attention="cpu")),
+    "kv and x on host, recompute": (TINY_LLAMA, tiny_decisions(4, HOST, HOST, DEVICE)),
+    "kv and x on disk, weights on host": (TINY_OPT, tiny_decisions(3, DISK, DISK, HOST)),
+    "mixed tiers, weights on disk, one gpu batch": (TINY_LLAMA, tiny_decisions(5, MIXED, MIXED, DISK, ngb=1)),
+    "mixed tiers, four gpu batches": (TINY_OPT, tiny_decisions(2, MIXED, MIXED, MIXED, ngb=4)),
+    "transfer from host": (TINY_OPT, tiny_decisions(0, HOST, HOST, DEVICE)),
+    "attention on the cpu next to host k,v": (TINY_LLAMA, tiny_decisions(3, MIXED, HOST, DEVICE, attention="cpu")),
+    "resident on host, attention on the cpu": (TINY_OPT, tiny_decisions(0, HOST, HOST, DEVICE, attention="cpu")),
 }
 
 

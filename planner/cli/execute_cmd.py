@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from planner.cli.output import OutputPath, check_outputs, echo_json, print_table
+from planner.cli.output import OutputPath, check_outputs, echo_json, escape_name, print_table
 from planner.cli.plan_text import batch_text
 from planner.jsonio import write_json_atomic
 from planner.plan import load_plan
@@ -73,7 +73,7 @@ def command(plan_file: Path, steps, layers, disk_dir, weights_dir, profile_path,
     run = record["run"]
     d = record["plan"]["decisions"]
     batch = batch_text(d["batch"], d["gpu_batch"], d["num_gpu_batches"], cpu_only=run["device"] == "cpu")
-    click.echo(f"{record['plan']['model']}: {batch}, "
+    click.echo(f"{escape_name(record['plan']['model'])}: {batch}, "
                f"context {run['start_context']}..{run['start_context'] + run['steps']}, split l={d['split_tokens']}, "
                f"{d['strategy']}, {d['dtype']} on {run['device']}; {run['steps']} steps, "
                f"{run['layers_run']}/{run['layers_total']} layers, fill={run['fill']}, "

@@ -12,7 +12,7 @@ from planner.hardware import parts_line, provenance_line
 from planner.layer_costs import kv_bytes_per_token, layer_weight_bytes, recompute_saves_bytes, x_bytes_per_token
 from planner.placement import layer_counts
 from planner.plan import load_plan
-from planner.units import format_bytes, format_seconds
+from planner.units import escape_name, format_bytes, format_seconds
 
 BAR_WIDTH = 40
 RESOURCE_WORDS = {
@@ -194,4 +194,4 @@ def command(plan_file: str) -> None:
     """Explain PLAN_FILE for a human: what goes where, why, and the per-layer timeline."""
     plan = load_plan(plan_file)
     for line in explain_lines(plan.data, plan.model, plan.seq, plan.prompt, plan.gen, plan.decisions):
-        click.echo(line)
+        click.echo(escape_name(line))  # names from the plan file: control characters shown escaped

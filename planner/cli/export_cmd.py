@@ -14,7 +14,7 @@ from planner.errors import KvplanError
 from planner.export import ENGINES, export_plan, profile_for_plan, profile_note
 from planner.jsonio import dumps_canonical, write_text_atomic
 from planner.plan import load_plan
-from planner.units import format_seconds
+from planner.units import escape_name, format_seconds
 
 
 def _refuse_input(out: Path, inputs: list[str | None]) -> None:
@@ -74,7 +74,7 @@ def command(plan_file: str, engine: str, profile_path: str | None, gpu: str | No
         echo_json(ex.to_dict())
         return
     for line in summary_lines(ex, plan):
-        click.echo(line)
+        click.echo(escape_name(line))  # names from the plan file: control characters shown escaped
     click.echo("")
     click.echo(ex.rendered.text.rstrip("\n"))
     if output is not None:

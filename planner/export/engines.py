@@ -16,6 +16,7 @@ from planner.models import DTYPE_BYTES, ModelConfig
 from planner.placement import layer_counts
 from planner.plan import Plan
 from planner.profile import Profile
+from planner.units import escape_name
 
 GIB = 2**30
 FLEXGEN_DEFAULT_OFFLOAD_DIR = "./flexgen_offload_dir"  # flex_opt.py's own default
@@ -132,8 +133,8 @@ def accelerate(plan: Plan, ep: EnginePlan, offload_dir: str | None) -> Rendered:
     options: dict[str, Any] = {"max_memory": mem, "device_map": dmap, "offload_folder": folder,
                                "torch_dtype": ep.decisions.dtype, "batch": ep.decisions.batch}
     lines = [
-        f"# kvplan export: {plan.model.name} for Accelerate (Transformers device_map); batch {ep.decisions.batch}, "
-        f"context {plan.seq}",
+        f"# kvplan export: {escape_name(plan.model.name)} for Accelerate (Transformers device_map); batch "
+        f"{ep.decisions.batch}, context {plan.seq}",
         "import torch",
         "from transformers import AutoModelForCausalLM",
         "",

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from planner.errors import KvplanError
-from planner.plan import TIERS, Decisions, Plan, decisions_from_dict
+from planner.plan import TIERS, Decisions, Plan, plan_from_dict
 from planner.profile import Profile
 from planner.search import Infeasible, SolveRequest, evaluate, solve
 from planner.units import format_bytes
@@ -131,7 +131,7 @@ def engine_decisions(plan: Plan, profile: Profile, engine: str) -> tuple[Decisio
         data = _solve_pinned(plan, profile, engine, "resident", disk_bytes=0)
     else:
         data = _solve_pinned(plan, profile, engine, "resident")
-    d = decisions_from_dict(data["decisions"], plan.seq)
+    d = plan_from_dict(data, f"<{engine} plan>").decisions
     return (_whole_percents(d) if engine == "flexgen" else _one_batch(d)), True
 
 

@@ -165,10 +165,12 @@ def best_rows(frame: pd.DataFrame, keys: Iterable[str], by: str, *, largest: boo
     ok = ok[ok[by].notna()] if by in ok.columns else ok.iloc[0:0]
     if ok.empty:
         return ok
-    ordered = ok.assign(_order=range(len(ok))).sort_values(
-        [by, "_order"], ascending=[not largest, True], kind="mergesort"
-    )
-    return ordered.groupby(list(keys), sort=False).head(1).sort_values("_order").drop(columns="_order")
+    # Ranked on the key columns alone (no column is added to the wide frame: pandas warns when one is
+    # inserted into a table read back column by column); a stable sort keeps ties in grid order.
+    narrow = ok[list(dict.fromkeys([*keys, by]))].reset_index(drop=True)
+    ranked = narrow.sort_values(by, ascending=not largest, kind="mergesort")
+    firsts = ranked.groupby(list(keys), sort=False).head(1).index  # positions in `ok`
+    return ok.iloc[sorted(firsts)]
 
 
 def objective_of(frame: pd.DataFrame) -> str:

@@ -8,15 +8,8 @@ from typing import Any
 
 from planner.errors import KvplanError
 from planner.hardware import hardware_record
-from planner.layer_costs import (
-    embedding_params,
-    kv_bytes_per_token,
-    layer_weight_bytes,
-    recompute_saves_bytes,
-    x_bytes_per_token,
-)
-from planner.memory import activation_bytes, stream_buffer_bytes, usable_bytes
-from planner.models import DTYPE_BYTES
+from planner.layer_costs import recompute_saves_bytes
+from planner.memory import smallest_footprint, usable_bytes
 from planner.placement import (
     PINNED_STRATEGIES,
     TIER_INITIAL,
@@ -93,45 +86,33 @@ def _diagnose(st: Setting, req: SolveRequest, strategy: str, caps: dict[str, int
             return "cpu-attention needs a host CPU beside the device; on a CPU-only profile attention already " \
                    "runs on the device (the CPU)"
         return f"no candidate batch for strategy {strategy}"
-    L = m.num_layers
-    W = layer_weight_bytes(m, dt)
-    kvpt = kv_bytes_per_token(m, dt)
-    per_tok = kvpt
-    if strategy in ("auto", "recompute") and recompute_saves_bytes(m):
-        per_tok = min(kvpt, x_bytes_per_token(m, dt))
     small = min(combos, key=lambda c: (c.batch, c.gpu_batch))
-    b = small.batch
-    kv_all = L * b * st.seq * per_tok
-    weights = L * W
-    emb = embedding_params(m) * DTYPE_BYTES[dt]
-    act = activation_bytes(m, dt, small, st.prompt)
-    what = f"{m.name} {dt}, batch {b}, seq {st.seq}"
+    fp = smallest_footprint(st, small, strategy in ("auto", "recompute") and recompute_saves_bytes(m))
+    what = f"{m.name} {dt}, batch {small.batch}, seq {st.seq}"
     dev_cap = caps["device"]
     dev_word = "memory" if st.host_is_device else "device memory"
-    hidden = 2 * b * st.prompt * m.hidden_size * DTYPE_BYTES[dt]  # the block's hidden states in prefill
-    staging = stream_buffer_bytes(m, dt, small, st.seq)
     hint = "; try a smaller --batch" if req.batch is not None and req.batch > 1 else ""
+    kv, weights, two_layers = _gb(fp.cache_bytes), _gb(fp.weight_bytes), 2 * fp.layer_weight_bytes
     if strategy == "resident":
-        need = emb + act + kv_all + min(weights, 2 * W)
-        return (f"resident K,V needs {_gb(need)} of {dev_word} for {what} (K,V {_gb(kv_all)}, embeddings "
-                f"{_gb(emb)}, prefill working memory {_gb(act)}, one streamed layer of weights double-buffered "
-                f"{_gb(min(weights, 2 * W))}); {_gb(dev_cap)} available{hint}")
-    dev_min = emb + act + 2 * W + staging
+        return (f"resident K,V needs {_gb(fp.resident_bytes)} of {dev_word} for {what} (K,V {kv}, embeddings "
+                f"{_gb(fp.embedding_bytes)}, prefill working memory {_gb(fp.activation_bytes)}, one streamed layer "
+                f"of weights double-buffered {_gb(min(fp.weight_bytes, two_layers))}); {_gb(dev_cap)} available{hint}")
+    dev_min = fp.device_min_bytes
     if dev_min > dev_cap:
         return (f"needs {_gb(dev_min)} of {dev_word} even with everything else offloaded, for {what}: embeddings "
-                f"{_gb(emb)}, prefill working memory {_gb(act)} (of which the batch's hidden states "
-                f"{_gb(hidden)}), K,V staging {_gb(staging)}, two streamed layers {_gb(2 * W)}; "
-                f"{_gb(dev_cap)} available{hint}")
-    total = weights + kv_all
+                f"{_gb(fp.embedding_bytes)}, prefill working memory {_gb(fp.activation_bytes)} (of which the batch's "
+                f"hidden states {_gb(fp.hidden_bytes)}), K,V staging {_gb(fp.staging_bytes)}, two streamed layers "
+                f"{_gb(two_layers)}; {_gb(dev_cap)} available{hint}")
+    total = fp.weight_bytes + fp.cache_bytes
     room = (dev_cap - dev_min) + caps["host"] + caps["disk"]
     if total > room:
         if st.host_is_device:
-            return (f"needs {_gb(total - (dev_cap - dev_min))} of disk for weights {_gb(weights)} + K,V "
-                    f"{_gb(kv_all)} ({what}); {_gb(caps['disk'])} available")
+            return (f"needs {_gb(total - (dev_cap - dev_min))} of disk for weights {weights} + K,V {kv} ({what}); "
+                    f"{_gb(caps['disk'])} available")
         missing_host = total - (dev_cap - dev_min) - caps["disk"]
-        return (f"needs {_gb(missing_host)} of host memory, {_gb(caps['host'])} available (weights {_gb(weights)} + "
-                f"K,V {_gb(kv_all)} for {what}; device {_gb(dev_cap)}, disk {_gb(caps['disk'])})")
-    return f"no placement of weights {_gb(weights)} and K,V {_gb(kv_all)} fits ({what})"
+        return (f"needs {_gb(missing_host)} of host memory, {_gb(caps['host'])} available (weights {weights} + "
+                f"K,V {kv} for {what}; device {_gb(dev_cap)}, disk {_gb(caps['disk'])})")
+    return f"no placement of weights {weights} and K,V {kv} fits ({what})"
 
 
 def setting_for_request(req: SolveRequest, profile: Profile) -> tuple[Setting, dict[str, int]]:
