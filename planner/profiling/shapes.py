@@ -131,14 +131,19 @@ def _piece_sizes(mode: Mode, max_bytes: int) -> set[int]:
     return sizes
 
 
+def weight_record_bytes(model: ModelConfig, dtype: str) -> int:
+    """The bytes of one layer's weights as the weight probes read them: whole pages."""
+    return _page_up(layer_weight_bytes(model, dtype))
+
+
 def _weight_sizes(mode: Mode, max_bytes: int) -> set[int]:
     """One layer's weights in float32 and float16 (the record a streamed layer reads), whole pages."""
     sizes: set[int] = set()
     for model in _models(mode.attention_models + mode.gemm_models):
         for dtype in ("float32", "float16"):
-            n = layer_weight_bytes(model, dtype)
+            n = weight_record_bytes(model, dtype)
             if PAGE <= n <= max_bytes:
-                sizes.add(_page_up(n))
+                sizes.add(n)
     return sizes
 
 
