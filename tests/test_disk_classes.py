@@ -72,6 +72,15 @@ def test_the_step_reads_weights_from_disk_at_the_weights_rate():
     pred = evaluate(MODEL, INPUTS, _weights_on_disk(), profile)
     L = MODEL.num_layers
     assert pred["per_layer_busy_s"]["disk_read"] * L == pytest.approx(4 * W / 4e9, rel=1e-6)
+    # the pipeline (stepcost.pipeline_s): each disk layer waits for its own weight record, the longest
+    # of its reads and its compute; the 4 device layers compute
+    own = pred["per_layer_busy_s"]["compute"]
+    h2d_w = profile.links["h2d"].latency_s + W / (profile.links["h2d"].gb_per_s * 1e9)
+    assert W / 4e9 > max(own, h2d_w)
+    assert pred["decode_step_s"] == pytest.approx(4 * own + 4 * W / 4e9, rel=1e-6)
+    # the lower bound reads the drive at its best rate over both classes: here the disk bound is the
+    # step's 4 records at 4 GB/s (at 1 GB/s + 1 ms it would exceed the prediction)
+    assert pred["lower_bound"]["step_s"] == pytest.approx(4 * W / 4e9, rel=1e-6)
     st = setting_for(MODEL, INPUTS, "float16", profile)
     coef = coefficients(st, Combo(16, 16, 1, "device"), cost_model_for(profile), profile)
     assert dict(coef.decode["disk"].coefs)["nk"] == pytest.approx(W / 4e9, rel=1e-9)
