@@ -105,7 +105,8 @@ def _cell(s: dict | None) -> str:
 
 
 def _print_rows(title: str, rows: Sequence[dict]) -> None:
-    print(f"\n{title}\n\n| bytes | class | round | measured ms | single ms | class ms |\n|---:|---|---:|---:|---:|---:|")
+    print(f"\n{title}\n\n| bytes | class | round | measured ms | single ms | class ms |")
+    print("|---:|---|---:|---:|---:|---:|")
     for r in rows:
         fmt = [f"{v * 1e3:.3f}" if v is not None else "-" for v in (r["measured_s"], r["single_s"], r["class_s"])]
         print(f"| {int(r['bytes'])} | {'weights' if r['weights'] else 'K,V/X'} | {r.get('round', '-')} | "
@@ -140,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         "reads held out by size, weight records": summary(held_size, lambda r: r["weights"]),
         f"writes held out by size, write-back sized (<= {WRITEBACK_MAX_BYTES} B)":
             summary(held_write, lambda r: r["bytes"] <= WRITEBACK_MAX_BYTES),
-        "writes held out by size, larger (prefill sized)": summary(held_write, lambda r: r["bytes"] > WRITEBACK_MAX_BYTES),
+        "writes held out by size, larger (prefill sized)":
+            summary(held_write, lambda r: r["bytes"] > WRITEBACK_MAX_BYTES),
     }
     weights = sorted({int(b) for b, _ in reads if is_weights(b)})
     print(f"profile {args.profile}: {len(reads)} read sizes ({len(weights)} weight records: {weights}), "
