@@ -156,3 +156,17 @@ def test_a_stated_drive_rate_replaces_both_read_models_and_storage_carries_both(
     composed = compose_profile(base, storage=measured)
     assert {k for k in composed.data["cost_models"] if k in STORAGE_MODEL_KEYS} == {KV_READ.model_key,
                                                                                    WEIGHTS_READ.model_key}
+
+
+def test_the_machine_checks_disk_ratio_scales_both_read_models():
+    """execute's machine check measures the drive's drift once; the re-made prediction applies it to
+    K,V and weight reads alike (runtime/check.py scaled_profile): x2 doubles both lines."""
+    from runtime.check import Where, scaled_profile
+
+    profile = _profile(weights_model=True)
+    check = {"probes": [{"op": "disk_read", "ratio": 2.0}]}
+    scaled, applied = scaled_profile(profile, check, _weights_on_disk(), Where("cpu", "cpu", "device"))
+    cost = CostModel(scaled)
+    assert cost.transfer_s(WEIGHTS_READ.name, W) == pytest.approx(2 * W / 4e9, rel=1e-12)
+    assert cost.transfer_s(KV_READ.name, 8e6) == pytest.approx(2 * (1e-3 + 8e6 / 1e9), rel=1e-12)
+    assert applied == ["link.disk_read x2.00", "link.disk_read_weights x2.00"]
