@@ -13,6 +13,7 @@ import copy
 from dataclasses import dataclass, fields
 from typing import Any
 
+from planner.disk_classes import DISK_CLASSES, STORAGE_MODEL_KEYS
 from planner.errors import KvplanError
 from planner.profile import (
     DTYPES,
@@ -24,7 +25,6 @@ from planner.units import format_bytes, format_gbps
 
 # on a CPU-only profile the CPU is the device: its device models are the host's CPU models
 _HOST_MODEL_PREFIXES = ("gemm.cpu.", "attention.cpu.", "elementwise.cpu", "link.host_memcpy")
-_STORAGE_MODELS = ("link.disk_read", "link.disk_write")
 _ASSUMED_ROOFLINE = "CPU attention (a roofline over DRAM bandwidth with an assumed efficiency)"
 
 
@@ -123,7 +123,7 @@ def _take_storage(data: dict[str, Any], models: dict[str, Any], storage: Profile
     part = copy.deepcopy(storage.data["disk"])
     part["provenance"] = storage.storage.provenance
     data["disk"] = part
-    for key in _STORAGE_MODELS:
+    for key in STORAGE_MODEL_KEYS:
         models.pop(key, None)
         if key in (storage.data.get("cost_models") or {}):
             models[key] = copy.deepcopy(storage.data["cost_models"][key])
@@ -169,7 +169,9 @@ def _apply_stated(data: dict[str, Any], models: dict[str, Any], s: Stated) -> No
     for rate, name in ((s.disk_read_gbps, "disk_read"), (s.disk_write_gbps, "disk_write")):
         if rate is not None:
             links[name] = {"gb_per_s": rate, "latency_s": links[name].get("latency_s", 1e-4)}
-            models.pop(f"link.{name}", None)
+            for cls in DISK_CLASSES.values():  # every model of that link's classes (disk_classes.py)
+                if cls.link == name:
+                    models.pop(cls.model_key, None)
             disk.pop("read_time_spread", None)  # measured against the old drive's fitted model
             _mark(disk, name)
 

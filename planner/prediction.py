@@ -11,6 +11,7 @@ from typing import Any
 
 from planner.costmodel import CostModel
 from planner.costmodel.layer_time import recompute_kv_s
+from planner.disk_classes import KV_READ, WEIGHTS_READ
 from planner.errors import KvplanError
 from planner.layer_costs import (
     decode_flops,
@@ -169,14 +170,15 @@ def step_flops_and_bound(st: Setting, combo: Combo, profile: Profile, cost: Cost
     hpeak = profile.host_peak_tflops
     cpu_peak = hpeak.get(dtype, hpeak.get("float32", min(hpeak.values()))) * 1e12
 
-    def link_bound_s(name: str, nbytes: float) -> float:
-        """The step's bytes over the link's best rate under the same cost model the prediction uses,
-        taken at the plan's own transfer sizes (one layer's share, or the whole step at once), so the
-        bound never exceeds the plan's predicted busy time on that link."""
+    def link_bound_s(name: str, nbytes: float, *classes: str) -> float:
+        """The step's bytes over the link's best rate under the same cost models the prediction uses
+        (`name`'s and those of the other disk `classes` it carries), taken at the plan's own transfer
+        sizes (one layer's share, or the whole step at once), so the bound never exceeds the plan's
+        predicted busy time on that link."""
         if nbytes <= 0:
             return 0.0
         sizes = (nbytes, nbytes / (L * nb))
-        best_rate = max(size / cost.transfer_s(name, size) for size in sizes)
+        best_rate = max(size / cost.transfer_s(n, size) for n in (name, *classes) for size in sizes)
         return nbytes / best_rate
 
     # Memory bandwidth (design.md §3, the roofline's memory side): every layer's weights are read from
@@ -208,7 +210,7 @@ def step_flops_and_bound(st: Setting, combo: Combo, profile: Profile, cost: Cost
         "cpu": cpu_flops / cpu_peak,
         "h2d": link_bound_s("h2d", link_bytes["h2d"]) if cuda else 0.0,
         "d2h": link_bound_s("d2h", link_bytes["d2h"]) if cuda else 0.0,
-        "disk": link_bound_s("disk_read", link_bytes["disk_read"])
+        "disk": link_bound_s(KV_READ.name, link_bytes["disk_read"], WEIGHTS_READ.name)
         + link_bound_s("disk_write", link_bytes["disk_write"]),
     }
     by = max(terms, key=lambda r: (terms[r], r))

@@ -26,6 +26,7 @@ from typing import Protocol
 
 from planner.costmodel import CostModel
 from planner.costmodel.layer_time import layer_op_times_s, recompute_kv_s
+from planner.disk_classes import WEIGHTS_READ
 from planner.layer_costs import kv_bytes_per_token, layer_weight_bytes, x_bytes_per_token
 from planner.models import DTYPE_BYTES, ModelConfig
 from planner.placement import TIERS
@@ -189,10 +190,13 @@ def _recompute_rate(cost: CostModel, model: ModelConfig, gpu_batch: int, context
 
 def linear_pricer(st: Setting, combo: Combo, cost: CostModel) -> LinearPricer:
     """The surrogate's rates: each link at one layer's K,V for one GPU batch at the average context (a
-    measured profile answers from its fitted link models), recompute at the full-context shape."""
+    measured profile answers from its fitted link models), a layer's weights from disk at one layer's
+    weights (their own size class, planner/disk_classes.py), recompute at the full-context shape."""
     ctx = st.context
     piece = max(1 << 20, combo.gpu_batch * ctx * kv_bytes_per_token(st.model, st.dtype))
     inverse = {name: 1.0 / _link_rate(cost, name, piece) for name in ("h2d", "d2h", "disk_read", "disk_write")}
+    weights = layer_weight_bytes(st.model, st.dtype)
+    inverse[WEIGHTS_READ.name] = 1.0 / _link_rate(cost, WEIGHTS_READ.name, weights)
     return LinearPricer(inverse, _recompute_rate(cost, st.model, combo.gpu_batch, ctx, st.dtype))
 
 
@@ -238,7 +242,7 @@ def decode_terms(st: Setting, combo: Combo, cost: CostModel, a: Amounts, pr: Pri
     new_kv_h, new_kv_k = gb * kvpt * new["kh"], gb * kvpt * new["kk"]
     new_x_h, new_x_k = gb * xpt * new["xh"], gb * xpt * new["xk"]
     streamed = a.layers["host"] + a.layers["disk"]
-    weights_disk = pr.xfer("disk_read", W, a.layers["disk"])
+    weights_disk = pr.xfer(WEIGHTS_READ.name, W, a.layers["disk"])
     disk_read = L * nb * (pr.xfer("disk_read", kv_k) + pr.xfer("disk_read", x_k)) + weights_disk
     disk_write = L * nb * (pr.xfer("disk_write", new_kv_k) + pr.xfer("disk_write", new_x_k))
     weights_h2d = pr.xfer("h2d", W, streamed) if cuda else 0.0
@@ -271,7 +275,7 @@ def pipeline_s(st: Setting, terms: DecodeTerms, layers: dict[str, int], pr: Exac
     own = max(terms.compute, terms.cpu) / L
 
     def layer_s(tier: str) -> float:
-        disk_io = disk_kv + (pr.xfer("disk_read", W) if tier == "disk" else 0.0)
+        disk_io = disk_kv + (pr.xfer(WEIGHTS_READ.name, W) if tier == "disk" else 0.0)
         h2d_io = h2d_kv + (pr.xfer("h2d", W) if cuda and tier != "device" else 0.0)
         return max(own, disk_io, h2d_io)
 
@@ -302,7 +306,7 @@ def prefill_terms(st: Setting, combo: Combo, cost: CostModel, a: Amounts, pr: Pr
     if not st.host_is_device:
         h2d = pr.xfer("h2d", W, a.layers["host"] + a.layers["disk"])
         d2h = L * nb * pr.xfer("d2h", gb * (kvpt * (pre["kh"] + pre["kk"]) + xpt * (pre["xh"] + pre["xk"])))
-    disk = pr.xfer("disk_read", W, a.layers["disk"]) + L * nb * pr.xfer(
+    disk = pr.xfer(WEIGHTS_READ.name, W, a.layers["disk"]) + L * nb * pr.xfer(
         "disk_write", gb * (kvpt * pre["kk"] + xpt * pre["xk"]))
     return PrefillTerms(compute=compute, h2d=h2d, d2h=d2h, disk=disk)
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from planner.costmodel import CostModel
+from planner.disk_classes import KV_READ, WEIGHTS_READ
 from planner.layer_costs import Gemm, kv_bytes_per_token, layer_gemms, layer_weight_bytes, x_bytes_per_token
 from planner.models import DTYPE_BYTES
 from planner.placement import layer_counts, token_layout
@@ -252,20 +253,22 @@ def scaled_profile(profile: Profile, check: dict[str, Any], d: Decisions,
     """`profile` with the fitted models the check's ops answer from scaled by the measured ratios (a
     fitted model's time is linear in its stored coefficients, planner/costmodel/fitted.py): the GEMM
     ratio to the plan's GEMM model (projections and KV recompute), the attention ratio to its
-    attention model, the disk ratio to link.disk_read. Elementwise ops and other links keep the
-    profile's times. None when no op answered from a fitted model (a roofline cannot be scaled so)."""
+    attention model, the disk ratio to link.disk_read and link.disk_read_weights. Elementwise ops and
+    other links keep the profile's times. None when no op answered from a fitted model (a roofline
+    cannot be scaled so)."""
     cost = cost_model_for(profile)
     data = copy.deepcopy(profile.data)
     models = data.get("cost_models") or {}
-    keys = {"gemm": _fitted_key(cost, "gemm", "device", d.dtype),
-            "attention": _fitted_key(cost, "attention", where.attention_where, d.dtype),
-            "disk_read": "link.disk_read" if "link.disk_read" in models else None}
+    # the disk's ratio is the drive's drift: it scales both read classes' models (planner/disk_classes.py)
+    keys = {"gemm": [_fitted_key(cost, "gemm", "device", d.dtype)],
+            "attention": [_fitted_key(cost, "attention", where.attention_where, d.dtype)],
+            "disk_read": [k for k in (KV_READ.model_key, WEIGHTS_READ.model_key) if k in models]}
     applied = []
     for p in check["probes"]:
-        key = keys[p["op"]]
-        if key is not None and math.isfinite(p["ratio"]) and p["ratio"] > 0:
-            models[key]["linear"] = [c * p["ratio"] for c in models[key]["linear"]]
-            applied.append(f"{key} x{p['ratio']:.2f}")
+        for key in keys[p["op"]]:
+            if key is not None and math.isfinite(p["ratio"]) and p["ratio"] > 0:
+                models[key]["linear"] = [c * p["ratio"] for c in models[key]["linear"]]
+                applied.append(f"{key} x{p['ratio']:.2f}")
     if not applied:
         return None
     return profile_from_dict(data, origin=f"{profile.name} scaled by the machine check"), applied

@@ -99,6 +99,7 @@ def _summary(data: dict, output: Path) -> dict:
     return {
         "path": str(output),
         "name": data["name"],
+        "not_fitted": _not_fitted(data),
         "mode": data["measurement"]["mode"],
         "parts": data["measurement"]["parts"],
         "device": {k: data["device"][k] for k in ("type", "name", "memory_bytes", "memory_gb_per_s", "peak_tflops")},
@@ -124,4 +125,19 @@ def _print_summary(s: dict) -> None:
     print_table("cost models (error = cross-validated MAPE)", ["op", "model", "samples", "skipped", "error"],
                 [(k, v["kind"], v["samples"], v["skipped"], f"{v['cv_mape'] * 100:.1f}%")
                  for k, v in s["cost_models"].items()])
+    for key, why in s["not_fitted"].items():
+        click.echo(f"{key}: {why}")
     click.echo(f"wrote {s['path']} ({s['mode']} mode)")
+
+
+def _not_fitted(data: dict) -> dict[str, str]:
+    """Disk classes probed too thinly to fit (planner/disk_classes.py), and what prices them instead."""
+    from planner.disk_classes import DISK_CLASSES
+
+    out = {}
+    for cls in DISK_CLASSES.values():
+        if cls.model_key in data["samples"] and cls.model_key not in data["cost_models"]:
+            n = len(data["samples"][cls.model_key]["rows"])
+            instead = cls.fallback_key if cls.fallback_key in data["cost_models"] else f"links.{cls.link}"
+            out[cls.model_key] = f"not fitted ({n} size(s) timed, 3 needed): {cls.carries} priced by {instead}"
+    return out

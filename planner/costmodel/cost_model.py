@@ -14,6 +14,7 @@ from typing import Any
 
 from planner.costmodel import fitted, roofline
 from planner.costmodel.calibration import CALIBRATED
+from planner.disk_classes import DISK_CLASSES
 from planner.errors import KvplanError
 from planner.layer_costs import Gemm, attention_flops
 from planner.models import DTYPE_BYTES, ModelConfig
@@ -84,7 +85,8 @@ class CostModel:
     def source(self, family: str, where: str = "device", dtype: str | None = None) -> str:
         """Which model answers a query: "fitted:<kind>" or "roofline" (shown by `kvplan predict`)."""
         if family == "link":
-            model = self.fitted.get(f"link.{where}")
+            key = self.link_model_key(where)
+            model = self.fitted.get(key) if key else None
         else:
             model = self.fitted_model(family, where, dtype)
         return f"fitted:{fitted.label(model)}" if model else "roofline"
@@ -153,12 +155,24 @@ class CostModel:
             return self._fitted_s(self._key("elementwise", where, None), model, (float(nbytes),))
         return roofline.elementwise_time_s(nbytes, self._memory_gb_per_s(where), self.rates)
 
+    def link_model_key(self, link: str) -> str | None:
+        """The fitted model that prices `link`, or None (the profile's summary link then does): a disk
+        class (planner/disk_classes.py) tries its own model, then its fallback (older profiles have one
+        `link.disk_read` for every read); any other link its `link.<name>` model."""
+        cls = DISK_CLASSES.get(link)
+        keys = cls.model_keys() if cls is not None else (f"link.{link}",)
+        return next((k for k in keys if k in self.fitted), None)
+
     def transfer_s(self, link: str, nbytes: float) -> float:
-        if link not in self.profile.links:
+        """Seconds for one transfer of `nbytes` over `link`: a profile link ("h2d", "disk_write", ...)
+        or a disk class ("disk_read_weights": a layer's weights, priced by the drive's read link)."""
+        cls = DISK_CLASSES.get(link)
+        summary = cls.link if cls is not None else link
+        if summary not in self.profile.links:
             raise KvplanError(f"profile {self.profile.name} has no link '{link}'")
         if nbytes <= 0:
             return 0.0
-        model = self.fitted.get(f"link.{link}")
-        if model is not None:
-            return self._fitted_s(f"link.{link}", model, (float(nbytes),))
-        return self.profile.links[link].time_s(nbytes)
+        key = self.link_model_key(link)
+        if key is not None:
+            return self._fitted_s(key, self.fitted[key], (float(nbytes),))
+        return self.profile.links[summary].time_s(nbytes)

@@ -34,8 +34,10 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from planner.disk_classes import DiskClass
 from planner.errors import KvplanError
 from planner.profiling.compute import MIN_SAMPLES, Progress, SampleSet
+from planner.profiling.shapes import DiskSizes
 from planner.profiling.timing import Repeats
 
 PAGE = 4096
@@ -290,6 +292,7 @@ def disk_samples(
     disk_dir: Path, sizes: Sequence[int], reps: Repeats, budget_s: float, progress: Progress | None = None,
     busy: Callable[[], object] | None = None, passes: int | None = None,
     timed: dict[int, tuple[list[float], list[float]]] | None = None, first_round: int = 0, writes: bool = True,
+    floor: set[int] | None = None,
 ) -> tuple[SampleSet, SampleSet, str]:
     """(reads, writes, method). Sizes are rounded up to whole pages. With `busy`, every transfer is
     timed while another thread runs `busy` in a loop (the runtime's compute beside its disk worker).
@@ -297,7 +300,8 @@ def disk_samples(
     rounds over minutes (planner/profiling/measure.py) and take the samples of the last call;
     `first_round` numbers this call's rounds (each round orders the sizes differently). With `writes`
     False only reads are timed (callers that take their writes from `writeback_samples`) and the
-    writes sample set is empty."""
+    writes sample set is empty. `floor`: the sizes every round times even past its budget (default
+    `floor_sizes(sizes)`; callers with several disk classes pass each class's floor)."""
     sizes = [max(PAGE, -(-s // PAGE) * PAGE) for s in sizes]
     largest = max(sizes)
     path = probe_path(disk_dir, "read")
@@ -323,7 +327,7 @@ def disk_samples(
         # about 1.3 and 2.0 GB/s over tens of seconds (docs/profiling.md, "Disk statistic"), so a size
         # timed at one moment only, or the fastest of several rounds, would record the disk's mood
         timed = {} if timed is None else timed
-        floor = floor_sizes(sizes)
+        floor = floor_sizes(sizes) if floor is None else floor
         with busy_thread(busy):
             for k in range(passes or disk_passes(reps)):
                 order = random.Random(DISK_ORDER_SEED + first_round + k)
@@ -352,6 +356,18 @@ def disk_samples(
         _remove(path)
     cols = ["bytes", "time_s"]
     return SampleSet(cols, reads, skipped), SampleSet(cols, write_rows, skipped), method
+
+
+def split_by_class(samples: SampleSet, sizes: DiskSizes, classes: Sequence[DiskClass]) -> dict[str, SampleSet]:
+    """The samples of each disk class (planner/disk_classes.py), keyed by its model: the rows whose
+    bytes are one of the class's sizes (`sizes.of(cls)`, whole pages as the reads were timed), so a
+    class's fit never sees another class's transfers; `skipped` counts the class's untimed sizes."""
+    out = {}
+    for cls in classes:
+        own = set(sizes.of(cls))
+        rows = [row for row in samples.rows if int(row[0]) in own]
+        out[cls.model_key] = SampleSet(list(samples.columns), rows, len(own) - len(rows))
+    return out
 
 
 def disk_to_device_samples(disk_dir: Path, sizes: Sequence[int], reps: Repeats, budget_s: float,

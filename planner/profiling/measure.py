@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from planner.costmodel import fitted
+from planner.disk_classes import KV_READ, WEIGHTS_READ
 from planner.errors import KvplanError
 from planner.models import DTYPE_BYTES
 from planner.profile import PROFILE_SCHEMA_VERSION, PROFILES_DIR, profile_from_dict
@@ -31,7 +32,9 @@ from planner.profiling.timing import CLOCK, cpu_clock
 ProgressFactory = Callable[[str, int], Callable[[int], None]]
 
 DEFAULT_DISK_DIR = Path(tempfile.gettempdir()) / "kvplan-kvcache"
-OPTIONAL_FITS = ("link.disk_to_device",)
+# fitted when probed at 3 sizes or more; without one the pricer falls back (planner/disk_classes.py): the
+# smoke mode's disk cap leaves one weight record
+OPTIONAL_FITS = ("link.disk_to_device", WEIGHTS_READ.model_key)
 # samples kept for readers (and refits) but not fitted: the disk with nothing else running
 NOT_FITTED = ("link.disk_read_idle", "link.disk_write_idle", "link.disk_read_rounds")
 BUSY_ARENA_BYTES = 256 << 20  # the compute loop beside the disk probe streams this many bytes of weights
@@ -194,7 +197,7 @@ class _Session:
     @classmethod
     def start(cls, m: Mode, kernels: Kernels, disk_dir: str | Path | None, force_cpu: bool,
               progress: ProgressFactory, parts: tuple[str, ...]) -> _Session:
-        disk_path, disk_free = prepare_disk_dir(disk_dir, max(cls._disk_sizes(m)) + (16 << 20))
+        disk_path, disk_free = prepare_disk_dir(disk_dir, max(shapes.disk_sizes(m).reads) + (16 << 20))
         device = system.detect_device(force_cpu=force_cpu)
         llc = system.last_level_cache_bytes()
         host_cap = min(m.cold_max_bytes, system.available_memory_bytes() // 8)
@@ -208,10 +211,6 @@ class _Session:
         if device.type == "cpu":  # on a GPU machine the CPU is free while the disk worker reads
             run.busy = _busy_work(min(BUSY_ARENA_BYTES, cpu_cold), kernels)
         return run
-
-    @staticmethod
-    def _disk_sizes(m: Mode) -> list[int]:
-        return shapes.transfer_sizes(m, m.disk_max_bytes)
 
     def bar(self, label: str, items: int) -> Callable[[int], None]:
         return self.progress(label, items * max(self.m.repeats.passes, 1))
@@ -247,21 +246,24 @@ class _Session:
     def disk_round(self, k: int, count: int = 1) -> tuple[SampleSet, SampleSet]:
         m, reps = self.m, self.m.repeats
         rounds = disk.disk_passes(reps)
-        sizes = self._disk_sizes(m)
+        sizes = shapes.disk_sizes(m)
         round_budget = m.budget_s["disk"] * 7 / 12 / rounds
         before = {size: len(times[1]) for size, times in self.disk_timed.items()}
         label = f"disk beside compute, round {k + 1}/{rounds} ({self.disk_path})"
-        reads, _, _ = disk.disk_samples(self.disk_path, sizes, reps, round_budget * count,
-                                        self.progress(label, count * len(sizes)), busy=self.busy, passes=count,
-                                        timed=self.disk_timed, first_round=k, writes=False)
+        # both read classes in the same rounds (the same disk, the same moment); each class keeps its
+        # own floor, so a loaded machine still gives each class enough sizes to fit
+        floor = disk.floor_sizes(sizes.kv_read) | (disk.floor_sizes(sizes.weights_read) if sizes.weights_read
+                                                   else set())
+        reads, _, _ = disk.disk_samples(self.disk_path, sizes.reads, reps, round_budget * count,
+                                        self.progress(label, count * len(sizes.reads)), busy=self.busy,
+                                        passes=count, timed=self.disk_timed, first_round=k, writes=False, floor=floor)
         self.round_rows.extend(disk.round_medians(self.disk_timed, before, k))
         # every write the runtime makes goes through its DiskFile (write-backs and prefill alike), which
         # copies into an aligned buffer first: 1-16 MiB went at 1.1-1.3 GB/s that way, 1.6-2.5 GB/s as
-        # plain O_DIRECT writes (docs/profiling.md), so link.disk_write is timed through DiskFile at
-        # every size, in the same spread rounds as the reads
-        write_sizes = sorted(set(m.small_write_sizes) | set(sizes))
+        # plain O_DIRECT writes (docs/profiling.md), so link.disk_write is timed through DiskFile at the
+        # runtime's own write sizes (shapes.disk_sizes), in the same spread rounds as the reads
         for j in range(k, k + count):
-            writes = disk.writeback_samples(self.disk_path, write_sizes, reps, m.budget_s["disk"] / 4 / rounds,
+            writes = disk.writeback_samples(self.disk_path, sizes.write, reps, m.budget_s["disk"] / 4 / rounds,
                                             busy=self.busy, timed=self.write_timed, first_round=j)
         return reads, writes
 
@@ -269,19 +271,22 @@ class _Session:
         """The disk alone (kept as samples), the last rounds beside compute, and on CUDA the runtime's
         disk -> device path."""
         m, reps = self.m, self.m.repeats
-        sizes = self._disk_sizes(m)
+        sizes = shapes.disk_sizes(m)
         idle_r, idle_w, self.disk_method = disk.disk_samples(
-            self.disk_path, sizes, reps, m.budget_s["disk"] / 6, self.bar(f"disk alone ({self.disk_path})",
-                                                                           len(sizes)), passes=1)
+            self.disk_path, sizes.reads, reps, m.budget_s["disk"] / 6,
+            self.bar(f"disk alone ({self.disk_path})", len(sizes.reads)), passes=1)
         self.samples["link.disk_read_idle"], self.samples["link.disk_write_idle"] = idle_r, idle_w
         rounds = disk.disk_passes(reps)
-        self.samples["link.disk_read"], self.samples["link.disk_write"] = self.disk_round(2, rounds - 2)
+        reads, self.samples["link.disk_write"] = self.disk_round(2, rounds - 2)
+        # each read class is fitted on its own sizes only (planner/disk_classes.py)
+        self.samples.update(disk.split_by_class(reads, sizes, (KV_READ, WEIGHTS_READ)))
         self.samples["link.disk_read_rounds"] = SampleSet(["bytes", "round", "time_s"], self.round_rows, 0)
         if self.device.type == "cuda" and self.kernels.staging_pool is not None:
             import torch
 
             self.samples["link.disk_to_device"] = disk.disk_to_device_samples(
-                self.disk_path, sizes, reps, m.budget_s["disk"] / 3, self.kernels.staging_pool, torch.cuda.synchronize)
+                self.disk_path, sizes.reads, reps, m.budget_s["disk"] / 3, self.kernels.staging_pool,
+                torch.cuda.synchronize)
 
     # -- compute -----------------------------------------------------------------------------
     def device_gemms(self) -> None:
@@ -468,9 +473,11 @@ def _measurement(r: Measured) -> dict[str, Any]:
         "cold_arena_bytes": r.cold_bytes,
         "cpu_cold_arena_bytes": r.cpu_cold_bytes,
         "host_memory_probe": r.host_bandwidth.to_dict(),
-        "disk_note": "link.disk_read/disk_write measured beside a compute thread (the runtime's situation); "
-                     "link.disk_write: every size written through the runtime's DiskFile, as the runtime "
-                     "writes; *_idle samples: the disk alone",
+        "disk_note": "link.disk_read/disk_read_weights/disk_write measured beside a compute thread (the "
+                     "runtime's situation); link.disk_read: K,V and X piece sizes only, "
+                     "link.disk_read_weights: one layer's weights (timed in the same rounds); "
+                     "link.disk_write: the runtime's write-back and prefill sizes through its DiskFile; "
+                     "*_idle samples: the disk alone, every read size",
         "disk_method": r.disk_method,
         "peak_tflops_note": "best achieved rate over the probed GEMM shapes, not a datasheet peak",
         "memory_gb_per_s_note": "host: a copy of several times the last-level cache, 2 x bytes per copy "

@@ -30,8 +30,6 @@ class Mode:
     # cold operands: weights and K,V come from an arena of 1.5x the last-level cache, at most this
     # many bytes (compute.ColdArena); smoke keeps it small to stay fast
     cold_max_bytes: int = 1 << 30
-    # small O_DIRECT writes (one token's K,V or X per layer and GPU batch): sizes of the write-back probe
-    small_write_sizes: tuple[int, ...] = (4096, 8192, 16384, 32768, 65536, 262144, 1 << 20, 4 << 20)
     # KV recompute rows beyond the decode token counts: recompute runs gpu_batch x split rows at once
     # (thousands); fitted from decode-sized rows alone it came out 10% fast at 1456 rows
     recompute_rows: tuple[int, ...] = ()
@@ -59,7 +57,6 @@ MODES: dict[str, Mode] = {
         budget_s={"gemm": 3.0, "attention": 1.5, "elementwise": 0.5, "link": 1.0, "disk": 2.5, "cpu": 1.0},
         repeats=Repeats(warmup=1, min_reps=3, max_reps=5, target_s=0.01),
         cold_max_bytes=64 << 20,
-        small_write_sizes=(4096, 16384, 65536, 1 << 20),
         host_stream_max_bytes=64 << 20,
         host_stream_rounds=3,
     ),

@@ -1,9 +1,13 @@
 """Probe sizes taken from the catalog models' real shapes: the projection GEMMs of a decode step
 and of KV recompute (planner.layer_costs), attention of one new token over long contexts, the
-activation of the MLP, and one layer's KV, X and weights as transfer sizes."""
+activation of the MLP, and one layer's KV, X and weights as transfer sizes; on the disk one size list
+per disk class (planner/disk_classes.py): K,V/X pieces, weight records, write-backs."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from planner.disk_classes import KV_READ, WEIGHTS_READ, WRITE, DiskClass
 from planner.layer_costs import (
     kv_bytes_per_token,
     layer_gemms,
@@ -100,25 +104,99 @@ def elementwise_shapes(mode: Mode) -> list[tuple[int, bool]]:
     return sorted(shapes)
 
 
-def transfer_sizes(mode: Mode, max_bytes: int) -> list[int]:
-    """Bytes of one layer's K,V and X for the attention models at several contexts and batches, and
-    of one layer's weights in float32 and float16 (the record a streamed layer reads from the host or
-    the disk), spread over the range and rounded up to whole pages (O_DIRECT needs aligned sizes)."""
+def _page_up(n: int) -> int:
+    return -(-n // PAGE) * PAGE
+
+
+def _spread(sizes: set[int], count: int) -> list[int]:
+    """At most `count` of `sizes`, spread evenly in log space, the smallest and the largest kept."""
+    ordered = sorted(sizes)
+    if len(ordered) <= count:
+        return ordered
+    step = (len(ordered) - 1) / (count - 1)
+    return sorted({ordered[round(i * step)] for i in range(count)})
+
+
+def _piece_sizes(mode: Mode, max_bytes: int) -> set[int]:
+    """One layer's K,V and X of `batch` sequences at `context` tokens, in float32 (the runtime reads a
+    GPU batch's piece of one layer as one contiguous region, runtime/tiers.py), whole pages."""
     sizes: set[int] = set()
     for model in _models(mode.attention_models + mode.gemm_models):
-        for dtype in ("float32", "float16"):
-            n = layer_weight_bytes(model, dtype)
-            if PAGE <= n <= max_bytes:
-                sizes.add(-(-n // PAGE) * PAGE)
         for context in mode.attention_contexts + mode.gemm_tokens:
             for batch in mode.attention_batches:
                 for per_token in (kv_bytes_per_token(model, "float32"), x_bytes_per_token(model, "float32")):
                     n = batch * context * per_token
                     if PAGE <= n <= max_bytes:
-                        sizes.add(-(-n // PAGE) * PAGE)
-    ordered = sorted(sizes)
-    if len(ordered) <= mode.link_sizes:
-        return ordered
-    # keep sizes spread evenly in log space, always including the smallest and the largest
-    step = (len(ordered) - 1) / (mode.link_sizes - 1)
-    return sorted({ordered[round(i * step)] for i in range(mode.link_sizes)})
+                        sizes.add(_page_up(n))
+    return sizes
+
+
+def weight_record_bytes(model: ModelConfig, dtype: str) -> int:
+    """The bytes of one layer's weights as the weight probes read them: whole pages."""
+    return _page_up(layer_weight_bytes(model, dtype))
+
+
+def _weight_sizes(mode: Mode, max_bytes: int) -> set[int]:
+    """One layer's weights in float32 and float16 (the record a streamed layer reads), whole pages."""
+    sizes: set[int] = set()
+    for model in _models(mode.attention_models + mode.gemm_models):
+        for dtype in ("float32", "float16"):
+            n = weight_record_bytes(model, dtype)
+            if PAGE <= n <= max_bytes:
+                sizes.add(n)
+    return sizes
+
+
+def transfer_sizes(mode: Mode, max_bytes: int) -> list[int]:
+    """Bytes of one layer's K,V and X for the attention models at several contexts and batches, and
+    of one layer's weights in float32 and float16 (the record a streamed layer reads from the host or
+    the disk), spread over the range and rounded up to whole pages: the memory links' sizes."""
+    return _spread(_piece_sizes(mode, max_bytes) | _weight_sizes(mode, max_bytes), mode.link_sizes)
+
+
+# weight records per profile: a handful spans the catalog's layers (tens of MB to a GB); each is a
+# long read, timed in every round
+MAX_WEIGHT_SIZES = 6
+
+
+def writeback_sizes(mode: Mode) -> set[int]:
+    """Bytes of one decode step's write-back per layer and GPU batch: one new token's K,V, or its X,
+    for each attention model, GPU batch and dtype of the mode. Exact bytes, not whole pages: the
+    runtime appends them at unaligned offsets (planner/directio.py DiskFile.write), and so does the probe."""
+    sizes: set[int] = set()
+    for model in _models(mode.attention_models + mode.gemm_models):
+        for dtype in mode.dtypes:
+            for batch in mode.attention_batches:
+                sizes.add(batch * kv_bytes_per_token(model, dtype))
+                sizes.add(batch * x_bytes_per_token(model, dtype))
+    return sizes
+
+
+@dataclass(frozen=True)
+class DiskSizes:
+    """The disk probe's sizes, one list per disk class (planner/disk_classes.py). Reads are whole
+    pages (the probe reads with O_DIRECT); writes are the runtime's exact bytes."""
+
+    kv_read: tuple[int, ...]
+    weights_read: tuple[int, ...]
+    write: tuple[int, ...]
+
+    def of(self, cls: DiskClass) -> tuple[int, ...]:
+        return {KV_READ.name: self.kv_read, WEIGHTS_READ.name: self.weights_read, WRITE.name: self.write}[cls.name]
+
+    @property
+    def reads(self) -> list[int]:
+        """Every read size of either class, timed together in each round (the same disk, the same moment)."""
+        return sorted(set(self.kv_read) | set(self.weights_read))
+
+
+def disk_sizes(mode: Mode) -> DiskSizes:
+    """K,V/X pieces (as `transfer_sizes`, without weights) up to the mode's disk cap; weight records up
+    to the same cap; writes: the write-back sizes (a few KB to hundreds of KB) and, for prefill's
+    writes of the prompt's K,V and X, half as many piece sizes. Weight records are never written by a plan's
+    step (the runtime writes them once, before the first step), so the write model does not see them."""
+    cap = mode.disk_max_bytes
+    pieces = _spread(_piece_sizes(mode, cap), mode.link_sizes)
+    weights = _spread(_weight_sizes(mode, cap), MAX_WEIGHT_SIZES)
+    writes = _spread(writeback_sizes(mode), mode.link_sizes) + _spread(set(pieces), max(3, mode.link_sizes // 2))
+    return DiskSizes(tuple(pieces), tuple(weights), tuple(sorted(set(writes))))
