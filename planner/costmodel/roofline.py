@@ -28,8 +28,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
 from planner.costmodel.calibration import SustainedRates
 
 
@@ -66,8 +64,8 @@ def decode_wave_factor(work_units, sm_count: int, units_per_sm: int):
 
     The constants are the GPU's own SM count and a kernel constant k: no per-GPU factor."""
     slots = units_per_sm * sm_count
-    launched = work_units * np.ceil(sm_count / work_units)
-    return np.ceil(launched / slots) * slots / launched
+    launched = work_units * -(-sm_count // work_units)  # -(-a // b) = ceil(a / b), for ints and arrays alike
+    return -(-launched // slots) * slots / launched
 
 
 def device_attention_time_s(
