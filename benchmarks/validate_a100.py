@@ -6,7 +6,9 @@ Held out:
   GEMMs, element-wise - three whole models (HELD_OUT) whose shapes no training model has; the
                         constants are fitted on the TRAIN models' rows only.
   attention           - the data has one model (Llama-2-7b), so each row is predicted from constants
-                        fitted on the other 17 rows (leave one out, over batches and contexts).
+                        fitted without it (leave one out, over batches and contexts): prefill and the
+                        no-SM-count decode model on the other 17 rows, the decode wave model (with the
+                        GPU's SM count) on the other 9 decode rows.
 
 Predictors: "shipped" = planner/costmodel/calibration.py's CALIBRATED through the roofline (what
 every datasheet profile predicts); "refit" = the same formulas with constants fitted now;
@@ -46,6 +48,8 @@ GEMM_FIELDS = ("gemm_compute_fraction", "gemm_memory_fraction", "overlap_exponen
                "elementwise_memory_fraction", "elementwise_floor_s")
 ATTENTION_FIELDS = ("decode_attention_memory_fraction", "decode_attention_floor_s",
                     "prefill_attention_compute_fraction", "prefill_attention_floor_s")
+WAVE_FIELDS = ("decode_attention_wave_memory_fraction", "decode_attention_wave_floor_s")
+UNITS_PER_SM = (1, 2, 3, 4)  # the candidates for decode_attention_units_per_sm (an integer: picked, not fitted)
 
 
 # -- data ----------------------------------------------------------------------------------------
@@ -80,8 +84,9 @@ def load_rows(data_dir: Path) -> pd.DataFrame:
 
 
 def load_attention(data_dir: Path) -> pd.DataFrame:
-    """One row per attention call: phase, batch, new tokens per sequence, cached tokens, the causal
-    FLOPs and K,V bytes as CostModel.attention_s counts them, and the median time in seconds."""
+    """One row per attention call: phase, batch, new tokens per sequence, cached tokens, the work units
+    (batch x KV heads), the causal FLOPs and K,V bytes as CostModel.attention_s counts them, and the
+    median time in seconds."""
     df = pd.read_csv(data_dir / ATTENTION_FILE)
     model = load_model(ATTENTION_MODEL)
     if not ((df.n_embd == model.hidden_size) & (df.n_q_head == model.num_heads)
@@ -95,7 +100,8 @@ def load_attention(data_dir: Path) -> pd.DataFrame:
     kv_bytes = batch * (context + query) * 2 * model.kv_dim * FP16_BYTES
     time_ms = np.where(prefill, df["time_stats.attn_prefill.median"], df["time_stats.attn_decode.median"])
     return pd.DataFrame({"phase": np.where(prefill, "prefill", "decode"), "batch": batch, "query": query,
-                         "context": context, "flops": np.asarray(flops, dtype=float),
+                         "context": context, "units": batch * model.num_kv_heads,
+                         "flops": np.asarray(flops, dtype=float),
                          "kv_bytes": kv_bytes.astype(float), "time_s": time_ms / 1e3})
 
 
@@ -108,12 +114,15 @@ def gemm_table_times(rows: pd.DataFrame, rates: SustainedRates, peak_tflops: flo
     return np.where(act, roofline.elementwise_time_s(n, gb_per_s, rates), gemm)
 
 
-def attention_table_times(att: pd.DataFrame, rates: SustainedRates, peak_tflops: float, gb_per_s: float) -> np.ndarray:
+def attention_table_times(att: pd.DataFrame, rates: SustainedRates, peak_tflops: float, gb_per_s: float,
+                          sm_count: int | None = None) -> np.ndarray:
+    """The roofline over attention rows; with `sm_count` decode rows take the wave model."""
     out = np.empty(len(att))
     for phase, query in (("decode", 1), ("prefill", 2)):  # any query > 1 takes the prefill floor
         sel = (att.phase == phase).to_numpy()
         out[sel] = roofline.device_attention_time_s(att.flops.to_numpy()[sel], att.kv_bytes.to_numpy()[sel],
-                                                    query, peak_tflops, gb_per_s, rates)
+                                                    query, peak_tflops, gb_per_s, rates,
+                                                    work_units=att.units.to_numpy()[sel], sm_count=sm_count)
     return out
 
 
@@ -175,13 +184,40 @@ def calibrate_attention(att: pd.DataFrame, peak: float, bw: float, base: Sustain
     return rates(p)
 
 
-def leave_one_out_attention(att: pd.DataFrame, peak: float, bw: float) -> np.ndarray:
-    """Each row's relative error (predicted / measured - 1) from constants fitted on the other rows."""
+def calibrate_decode_waves(att: pd.DataFrame, peak: float, bw: float, sm_count: int,
+                           base: SustainedRates = CALIBRATED) -> SustainedRates:
+    """f_w and the floor of the decode wave model by least squares on log(predicted / measured) over
+    the decode rows, for each candidate units-per-SM k; the k with the smallest residual wins."""
+    dec = att[att.phase == "decode"]
+    y, flops, kv_bytes, units = (dec[c].to_numpy() for c in ("time_s", "flops", "kv_bytes", "units"))
+    best: tuple[float, SustainedRates] | None = None
+    for k in UNITS_PER_SM:
+        def rates(p: np.ndarray, k: int = k) -> SustainedRates:
+            fields = dict(zip(WAVE_FIELDS, (float(v) for v in p), strict=True))
+            return dataclasses.replace(base, decode_attention_units_per_sm=k, **fields)
+
+        def resid(p: np.ndarray, rates=rates) -> np.ndarray:
+            pred = roofline.device_attention_time_s(flops, kv_bytes, 1, peak, bw, rates(p), units, sm_count)
+            return np.log(pred / y)
+
+        p = _least_squares(resid, [0.9, 1e-5], [0.05, 0.0], [1.0, 1e-3])
+        cost = float(np.sum(resid(p) ** 2))
+        if best is None or cost < best[0]:
+            best = (cost, rates(p))
+    return best[1]
+
+
+def leave_one_out_attention(att: pd.DataFrame, peak: float, bw: float, sm_count: int | None = None) -> np.ndarray:
+    """Each row's relative error (predicted / measured - 1) from constants fitted without it. With
+    `sm_count`, decode rows are predicted by the wave model fitted on the other decode rows."""
     err = np.empty(len(att))
     for i in range(len(att)):
         rest = att.drop(index=att.index[i])
         rates = calibrate_attention(rest, peak, bw)
-        err[i] = attention_table_times(att.iloc[[i]], rates, peak, bw)[0] / att.time_s.iloc[i] - 1
+        sm = sm_count if att.phase.iloc[i] == "decode" else None
+        if sm is not None:
+            rates = calibrate_decode_waves(rest, peak, bw, sm, rates)
+        err[i] = attention_table_times(att.iloc[[i]], rates, peak, bw, sm)[0] / att.time_s.iloc[i] - 1
     return err
 
 
@@ -189,19 +225,51 @@ def ape(pred: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.abs(np.asarray(pred) / np.asarray(y) - 1)
 
 
+def decode_splits(att: pd.DataFrame, peak: float, bw: float, sm_count: int) -> list[dict]:
+    """Harder held-out splits of the decode rows than leave-one-out: fit on one batch range, score the
+    other (extrapolation), and fit on every other row; the wave model against the single fraction."""
+    dec = att[att.phase == "decode"].reset_index(drop=True)
+    splits = (("fit batches 1-16, score 32-128", dec.batch <= 16), ("fit batches 16-128, score 1-8", dec.batch >= 16),
+              ("fit every other row, score the rest", dec.index % 2 == 1))
+    out = []
+    for name, train in splits:
+        mask = np.asarray(train, dtype=bool)
+        fit, test = dec[mask], dec[~mask]
+        flat = calibrate_attention(fit, peak, bw)
+        waves = calibrate_decode_waves(fit, peak, bw, sm_count, flat)
+        y = test.time_s.to_numpy()
+        err_w = ape(attention_table_times(test, waves, peak, bw, sm_count), y)
+        err_f = ape(attention_table_times(test, flat, peak, bw), y)
+        out.append({"split": name, "scored": len(test), "units_per_sm": waves.decode_attention_units_per_sm,
+                    "wave_median": float(np.median(err_w)), "wave_max": float(np.max(err_w)),
+                    "flat_median": float(np.median(err_f)), "flat_max": float(np.max(err_f))})
+    return out
+
+
 # -- the table -----------------------------------------------------------------------------------
-def summary(data_dir: Path, peak: float, bw: float) -> dict:
+def _attention_entry(label: str, sel: np.ndarray, att: pd.DataFrame, shipped: np.ndarray, loo: np.ndarray,
+                     previous: np.ndarray) -> dict:
+    y = att.time_s.to_numpy()[sel]
+    return {"class": label, "rows": int(sel.sum()), "held out": "leave one out",
+            "shipped": float(np.median(ape(shipped[sel], y))), "refit": float(np.median(np.abs(loo[sel]))),
+            "regression": None, "previous": float(np.median(ape(previous[sel], y)))}
+
+
+def summary(data_dir: Path, peak: float, bw: float, sm_count: int) -> dict:
     rows = load_rows(data_dir)
     train = rows[rows.model.isin(TRAIN)].reset_index(drop=True)
     test = rows[rows.model.isin(HELD_OUT)].reset_index(drop=True)
     att = load_attention(data_dir)
     refit = calibrate_attention(att, peak, bw, calibrate_gemm(train, peak, bw))
-    loo = leave_one_out_attention(att, peak, bw)
+    refit = calibrate_decode_waves(att, peak, bw, sm_count, refit)
+    loo_flat = leave_one_out_attention(att, peak, bw)
+    loo = leave_one_out_attention(att, peak, bw, sm_count)
     y = test.time_s.to_numpy()
     prev_gemm, prev_attn = previous_times(test, att, peak, bw)
     preds = {"shipped": gemm_table_times(test, CALIBRATED, peak, bw), "refit": gemm_table_times(test, refit, peak, bw),
              "regression": regression_times(train, test), "previous": prev_gemm}
-    shipped_attn = attention_table_times(att, CALIBRATED, peak, bw)
+    shipped_flat = attention_table_times(att, CALIBRATED, peak, bw)
+    shipped_attn = attention_table_times(att, CALIBRATED, peak, bw, sm_count)
     table = []
     is_act = (test.op == "mlp_act").to_numpy()
     for label, mask in (("GEMMs", ~is_act), ("element-wise", is_act)):
@@ -210,17 +278,17 @@ def summary(data_dir: Path, peak: float, bw: float) -> dict:
             entry = {"class": label + name, "rows": int(sel.sum()), "held out": "3 models"}
             entry.update({k: float(np.median(ape(v[sel], y[sel]))) for k, v in preds.items()})
             table.append(entry)
-    for phase in ("decode", "prefill"):
-        sel = (att.phase == phase).to_numpy()
-        yt = att.time_s.to_numpy()[sel]
-        table.append({"class": f"{phase} attention", "rows": int(sel.sum()), "held out": "leave one out",
-                      "shipped": float(np.median(ape(shipped_attn[sel], yt))),
-                      "refit": float(np.median(np.abs(loo[sel]))), "regression": None,
-                      "previous": float(np.median(ape(prev_attn[sel], yt)))})
+    decode = (att.phase == "decode").to_numpy()
+    table.append(_attention_entry("decode attention (SM count)", decode, att, shipped_attn, loo, prev_attn))
+    table.append(_attention_entry("decode attention, no SM count", decode, att, shipped_flat, loo_flat, prev_attn))
+    table.append(_attention_entry("prefill attention", ~decode, att, shipped_attn, loo, prev_attn))
     per_row = [{"phase": r.phase, "batch": int(r.batch), "query": int(r.query), "context": int(r.context),
-                "measured_ms": r.time_s * 1e3, "shipped_ms": s * 1e3, "loo_error": float(e)}
-               for r, s, e in zip(att.itertuples(index=False), shipped_attn, loo, strict=True)]
-    return {"table": table, "attention_rows": per_row, "refit": dataclasses.asdict(refit)}
+                "units": int(r.units), "measured_ms": r.time_s * 1e3, "shipped_ms": s * 1e3, "loo_error": float(e),
+                "shipped_no_sm_ms": f * 1e3, "loo_error_no_sm": float(g)}
+               for r, s, e, f, g in zip(att.itertuples(index=False), shipped_attn, loo, shipped_flat, loo_flat,
+                                        strict=True)]
+    return {"table": table, "attention_rows": per_row, "decode_splits": decode_splits(att, peak, bw, sm_count),
+            "refit": dataclasses.asdict(refit)}
 
 
 def print_summary(result: dict) -> None:
@@ -230,12 +298,26 @@ def print_summary(result: dict) -> None:
     for e in result["table"]:
         cells = " | ".join("-" if e[n] is None else f"{e[n] * 100:.1f}%" for n in names)
         print(f"| {e['class']} | {e['rows']} | {e['held out']} | {cells} |")
-    print("\nattention rows (measured; shipped constants; error from constants fitted without the row):\n")
-    print("| phase | batch | new tokens | cached | measured ms | shipped ms | leave-one-out error |")
-    print("|---|---|---|---|---|---|---|")
+    print("\nattention rows (measured; shipped constants with and without the SM count; error from constants "
+          "fitted without the row):\n")
+    print("| phase | batch | units | new tokens | cached | measured ms | shipped ms | leave-one-out error "
+          "| no SM count: shipped ms | leave-one-out error |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in result["attention_rows"]:
-        print(f"| {r['phase']} | {r['batch']} | {r['query']} | {r['context']} | {r['measured_ms']:.3f} | "
-              f"{r['shipped_ms']:.3f} | {r['loo_error'] * 100:+.1f}% |")
+        print(f"| {r['phase']} | {r['batch']} | {r['units']} | {r['query']} | {r['context']} | "
+              f"{r['measured_ms']:.3f} | {r['shipped_ms']:.3f} | {r['loo_error'] * 100:+.1f}% | "
+              f"{r['shipped_no_sm_ms']:.3f} | {r['loo_error_no_sm'] * 100:+.1f}% |")
+    print("\ndecode attention, harder splits (|predicted / measured - 1| on the scored rows):\n")
+    print("| split | rows scored | units per SM picked | SM count: median | max | no SM count: median | max |")
+    print("|---|---|---|---|---|---|---|")
+    for r in result["decode_splits"]:
+        print(f"| {r['split']} | {r['scored']} | {r['units_per_sm']} | {r['wave_median'] * 100:.1f}% | "
+              f"{r['wave_max'] * 100:.1f}% | {r['flat_median'] * 100:.1f}% | {r['flat_max'] * 100:.1f}% |")
+
+
+FITTED = ("fitted constants: 6 for GEMMs and element-wise ops (on the training models), 4 for attention without "
+          "an SM count (2 prefill, 2 decode), 3 for the decode wave model (f_w and the floor by least squares, "
+          f"units per SM picked from {', '.join(map(str, UNITS_PER_SM))}); plus the overlap exponent shared by all")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -248,10 +330,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"A100 timings not found at {args.data}", file=sys.stderr)
         return 2
     profile = load_profile(gpu=DATASHEET)
-    peak, bw = profile.device_peak_tflops["float16"], profile.device_memory_gb_per_s
-    print(f"A100 timings: {args.data} (microsoft/vidur, MIT); datasheet {DATASHEET}: {peak} TFLOP/s fp16, {bw} GB/s")
-    print(f"GEMM training models: {', '.join(TRAIN)}; held out: {', '.join(HELD_OUT)}\n")
-    result = summary(args.data, peak, bw)
+    peak, bw, sms = profile.device_peak_tflops["float16"], profile.device_memory_gb_per_s, profile.device.sm_count
+    print(f"A100 timings: {args.data} (microsoft/vidur, MIT); datasheet {DATASHEET}: {peak} TFLOP/s fp16, "
+          f"{bw} GB/s, {sms} SMs")
+    print(f"GEMM training models: {', '.join(TRAIN)}; held out: {', '.join(HELD_OUT)}")
+    print(FITTED + "\n")
+    result = summary(args.data, peak, bw, sms)
     print("median |predicted / measured - 1| on held-out rows:\n")
     print_summary(result)
     if args.calibrate:

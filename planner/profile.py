@@ -62,6 +62,7 @@ class DevicePart:
     memory_bytes: int
     memory_gb_per_s: float
     peak_tflops: dict[str, float]
+    sm_count: int | None = None  # streaming multiprocessors (datasheet); None: unknown (decode attention's fallback)
 
 
 @dataclass(frozen=True)
@@ -192,7 +193,7 @@ def profile_from_dict(data: Any, origin: str = "<profile>") -> Profile:
              for name, link in schema.links.items()}
     d, h, k = schema.device, schema.host, schema.disk
     device = DevicePart(part_provenance(data, "device"), d.type, d.name, d.memory_bytes, float(d.memory_gb_per_s),
-                        {t: float(v) for t, v in d.peak_tflops.items()})
+                        {t: float(v) for t, v in d.peak_tflops.items()}, d.sm_count)
     host = HostPart(
         provenance=part_provenance(data, "host"), memory_bytes=h.memory_bytes,
         memory_gb_per_s=float(h.memory_gb_per_s), peak_tflops={t: float(v) for t, v in h.peak_tflops.items()},

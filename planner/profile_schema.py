@@ -45,6 +45,9 @@ class DeviceSchema(Strict):
     memory_bytes: Bytes
     memory_gb_per_s: Rate
     peak_tflops: Annotated[dict[DtypeName, Tflops], Field(min_length=1)]
+    # streaming multiprocessors (a GPU's datasheet number): the decode-attention wave term
+    # (planner/costmodel/roofline.py); absent in old and measured profiles
+    sm_count: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
 
 
 class HostSchema(Strict):

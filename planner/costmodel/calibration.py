@@ -14,15 +14,19 @@ Source: per-operator A100 timings measured with microsoft/vidur (MIT licence), r
   held-out median error on Meta-Llama-3-8B, CodeLlama-34b-Instruct, internlm-20b: GEMMs 5.2%
   (4.5% below 64 tokens), element-wise 5.7% (23% below 64 tokens, where a kernel's fixed cost
   is most of its time).
-- Attention constants: fitted on all 18 Llama-2-7b attention rows (10 decode batches 1-128 at
-  2,048 cached tokens, 8 prefill chunks of 544-576 tokens after 0-3,520 cached ones); held out
-  by leaving one row out at a time (each row predicted from constants fitted without it):
-  median error decode 10.2%, prefill 2.6%. The A100 decode kernel reads K,V at 57-61% of the
-  datasheet bandwidth for 1-8 sequences and at 77-98% for 16-128 (a kernel regime change, likely
-  the split of each sequence's K,V across thread blocks when few sequences cannot fill the GPU;
-  not verified); one fraction plus a floor puts batches 4-8 16-23% fast, batches 16-80 within
-  2-12%, one sequence and 128 sequences 15-21% slow (54% for one sequence when its row is left
-  out). docs/cost-models.md has the per-row table.
+- Attention constants without an SM count (prefill, and decode on profiles that lack one): fitted
+  on all 18 Llama-2-7b attention rows (10 decode batches 1-128 at 2,048 cached tokens, 8 prefill
+  chunks of 544-576 tokens after 0-3,520 cached ones); held out by leaving one row out at a time
+  (each row predicted from constants fitted without it): median error prefill 2.6%, decode 10.2%
+  (one fraction plus a floor cannot follow the kernel's rate, 57-61% of the bandwidth for 1-8
+  sequences and 77-98% for 16-128).
+- Decode wave model (GPUs with an SM count, roofline.decode_wave_factor): f_w and the floor by least
+  squares on the 10 decode rows with k = units per SM picked from 1-4, against the A100's 108 SMs;
+  leave-one-out median error 3.1% (worst row 9.3%). k = 2 explains the step: 128 and 256 units
+  (batches 4 and 8) fill one and two waves of 216 slots to 59%, 512 units three waves to 79%. The
+  floor comes out at zero (its lower bound): every decode row has 2,048 cached tokens, so a fixed
+  cost cannot be told apart from the wave term; short-context decode calls are predicted from
+  their bytes alone, an assumption. docs/cost-models.md has the per-row table.
 """
 
 from __future__ import annotations
@@ -40,8 +44,11 @@ class SustainedRates:
     launch_s: float  # fixed cost of one GEMM kernel
     elementwise_memory_fraction: float  # f_e: element-wise kernels (the MLP activation)
     elementwise_floor_s: float  # fixed cost of one element-wise kernel
-    decode_attention_memory_fraction: float  # f_a: K,V bytes read per second / datasheet bandwidth
-    decode_attention_floor_s: float  # fixed cost of one decode-attention call
+    decode_attention_memory_fraction: float  # f_a: K,V bytes read per second / datasheet bandwidth (no SM count)
+    decode_attention_floor_s: float  # fixed cost of one decode-attention call (no SM count)
+    decode_attention_wave_memory_fraction: float  # f_w: K,V bytes per second / bandwidth with every slot busy
+    decode_attention_wave_floor_s: float  # fixed cost of one decode-attention call (with an SM count)
+    decode_attention_units_per_sm: int  # k: (sequence, KV head, key split) units one SM runs at once
     prefill_attention_compute_fraction: float  # f_p: causal attention FLOPs per second / datasheet FLOP/s
     prefill_attention_floor_s: float  # fixed cost of one prefill-attention call (measured at 544-576 tokens)
 
@@ -55,6 +62,9 @@ CALIBRATED = SustainedRates(
     elementwise_floor_s=3.107e-06,
     decode_attention_memory_fraction=0.8418,
     decode_attention_floor_s=1.371e-05,
+    decode_attention_wave_memory_fraction=0.967,
+    decode_attention_wave_floor_s=0.0,  # fitted: 2e-18 s, at its bound (see above)
+    decode_attention_units_per_sm=2,
     prefill_attention_compute_fraction=0.3962,
     prefill_attention_floor_s=9.732e-05,
 )

@@ -128,9 +128,10 @@ class CostModel:
             # several new tokens: the fitted line on this query's own FLOPs and bytes
             return fitted.predict_from_terms(reg, (flops / 1e9, kv_bytes / 1e9), dims)
         if where == "device":
-            return roofline.device_attention_time_s(
-                flops, kv_bytes, query_tokens, self._peak_tflops(dtype, where), self._memory_gb_per_s(where), self.rates
-            )
+            return float(roofline.device_attention_time_s(
+                flops, kv_bytes, query_tokens, self._peak_tflops(dtype, where), self._memory_gb_per_s(where),
+                self.rates, work_units=batch * model.num_kv_heads, sm_count=self.profile.device.sm_count,
+            ))
         return roofline.attention_time_s(
             flops, kv_bytes, self._peak_tflops(dtype, where), self._memory_gb_per_s(where), self.efficiency
         )

@@ -13,7 +13,8 @@ Patterson, "Roofline", CACM 2009, for the ridge point):
 
 It rises with the GEMM's rows (a skinny m x k by k x n GEMM has I ~ m FLOPs per weight element)
 and saturates past the ridge point: one formula for every GPU, from its own peak and bandwidth.
-Decode attention is bandwidth-bound (about one FLOP per K,V byte); prefill attention is
+Decode attention is bandwidth-bound (about one FLOP per K,V byte), at a rate that depends on how
+many (sequence, KV head) units the launch has against the GPU's SMs; prefill attention is
 compute-bound at a much lower fraction of the peak than a GEMM. The constants are in
 planner/costmodel/calibration.py, with their source and held-out error (docs/cost-models.md).
 
@@ -49,13 +50,40 @@ def gemm_time_s(m, n, k, dtype_bytes: int, peak_tflops: float, memory_gb_per_s: 
     return rates.launch_s + overlap_s(compute_s, memory_s, rates.overlap_exponent)
 
 
+def decode_wave_factor(work_units, sm_count: int, units_per_sm: int):
+    """How much longer than at full occupancy a decode-attention launch reads its K,V: q >= 1.
+
+    The launch has one unit of work per (sequence, KV head), `work_units` = batch x KV heads; when
+    there are fewer units than SMs the kernel splits each sequence's keys into s = ceil(SMs / units)
+    parts (split-K,V "Flash-Decoding", Dao et al. 2023), so it launches U = units x s. Each SM runs
+    k = `units_per_sm` units at once, each reading at 1 / (k x SMs) of the sustained bandwidth, so
+    the launch runs in W = ceil(U / (k x SMs)) waves of the time one full wave takes (wave
+    quantization: NVIDIA Deep Learning Performance Guide, "GPU Performance Background"):
+
+        q = W x k x SMs / U
+
+    The constants are the GPU's own SM count and a kernel constant k: no per-GPU factor."""
+    slots = units_per_sm * sm_count
+    launched = work_units * -(-sm_count // work_units)  # -(-a // b) = ceil(a / b), for ints and arrays alike
+    return -(-launched // slots) * slots / launched
+
+
 def device_attention_time_s(
-    flops, kv_bytes, query_tokens: int, peak_tflops: float, memory_gb_per_s: float, rates: SustainedRates
+    flops, kv_bytes, query_tokens: int, peak_tflops: float, memory_gb_per_s: float, rates: SustainedRates,
+    work_units=None, sm_count: int | None = None,
 ):
     """Attention of `query_tokens` new tokens per sequence: reading K,V at the decode-attention
     bandwidth fraction, overlapped with the causal FLOPs at the prefill compute fraction, plus the
-    fixed cost of a decode call (one new token) or a prefill call (several)."""
+    fixed cost of a decode call (one new token) or a prefill call (several).
+
+    A decode call on a GPU whose SM count is known (`sm_count`, with `work_units` = batch x KV
+    heads) reads its K,V at f_w of the bandwidth divided by its wave factor (`decode_wave_factor`);
+    without an SM count (old and measured profiles) at the single fraction f_a."""
     compute_s = flops / (peak_tflops * 1e12 * rates.prefill_attention_compute_fraction)
+    if query_tokens == 1 and sm_count is not None and work_units is not None:
+        wave = decode_wave_factor(work_units, sm_count, rates.decode_attention_units_per_sm)
+        memory_s = kv_bytes * wave / (memory_gb_per_s * 1e9 * rates.decode_attention_wave_memory_fraction)
+        return rates.decode_attention_wave_floor_s + overlap_s(compute_s, memory_s, rates.overlap_exponent)
     memory_s = kv_bytes / (memory_gb_per_s * 1e9 * rates.decode_attention_memory_fraction)
     floor_s = rates.decode_attention_floor_s if query_tokens == 1 else rates.prefill_attention_floor_s
     return floor_s + overlap_s(compute_s, memory_s, rates.overlap_exponent)
