@@ -119,6 +119,9 @@ class _CountingCost:
         self.calls.append(nbytes)
         return 1.0 + nbytes / 1e9
 
+    def fitted_model(self, family, where, dtype=None):
+        return {"kind": "linear"} if family == "elementwise" else None  # as a measured profile
+
 
 def test_other_ops_are_one_elementwise_query_per_runtime_op():
     # OPT (runtime/model.py): 2 LayerNorms, K,V made contiguous, the new K,V written, the outputs
@@ -138,3 +141,20 @@ def test_other_ops_are_one_elementwise_query_per_runtime_op():
     assert recompute_kv_s(cost, opt, 4, 100, "float32") == pytest.approx(
         2 + sum(recompute_extra_bytes(opt, 4, 100, "float32")) / 1e9)
     assert recompute_extra_bytes(opt, 4, 100, "float32")[0] == 2 * 400 * h * 4
+
+
+def test_datasheet_profiles_do_not_charge_the_other_ops_yet():
+    from planner.costmodel import CostModel
+    from planner.profile import load_profile
+
+    cost = CostModel(load_profile(gpu="a100-40g-pcie"))
+    opt = load_model("opt-6.7b")
+    assert layer_op_times_s(cost, opt, 64, 1, 1000, "float16")["other_ops"] == 0.0
+    assert recompute_kv_s(cost, opt, 64, 1000, "float16") == pytest.approx(
+        cost.gemm_s(_recompute_gemm(opt, 64 * 1000), "float16"))
+
+
+def _recompute_gemm(model, rows):
+    from planner.layer_costs import recompute_gemm
+
+    return recompute_gemm(model, rows)

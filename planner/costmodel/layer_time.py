@@ -6,6 +6,11 @@ small element-wise ops between them (`other_ops_bytes`). Each element-wise op is
 `elementwise_s` query over the bytes it reads and writes: the profile's per-byte cost of the MLP
 activation probe, with its fixed cost per op (an assumption for ops that were not probed themselves:
 norms, adds and copies stream their bytes once like the activation does).
+
+They are charged only where the profile has a fitted element-wise model (`charges_other_ops`: a
+measured profile, whose per-op cost was measured on this machine's runtime). Datasheet profiles do
+not charge them yet: on the A100 roofline they add 5% to a layer and 6-9% to KVPR's recompute
+plans, which moves the shipped plans/ and docs/planner.md's tables (docs/cost-models.md, "Layer ops").
 """
 
 from __future__ import annotations
@@ -20,6 +25,12 @@ RMS_NORM_OPS = 4
 # RoPE as runtime/model.py `rope` writes it, per tensor: the negated half, the cat, x*cos, rotated*sin
 # and their sum (5 ops over the tensor; cos/sin of one position are negligible)
 ROPE_OPS = 5
+
+
+def charges_other_ops(cost: CostModel) -> bool:
+    """Whether the layer's small element-wise ops are priced: only on a profile with a fitted
+    element-wise model (see the module docstring)."""
+    return cost.fitted_model("elementwise", "device") is not None
 
 
 def other_ops_bytes(model: ModelConfig, rows: int, dtype: str) -> list[int]:
@@ -67,7 +78,8 @@ def layer_op_times_s(
     # activation reads the up (and gate) output and writes one tensor of rows x i
     act_bytes = rows * width * ((2 if model.gated_mlp else 1) + 1) * DTYPE_BYTES[dtype]
     times["mlp_act"] = cost.elementwise_s(act_bytes)
-    times["other_ops"] = sum(cost.elementwise_s(n) for n in other_ops_bytes(model, rows, dtype))
+    other = other_ops_bytes(model, rows, dtype) if charges_other_ops(cost) else []
+    times["other_ops"] = sum(cost.elementwise_s(n) for n in other)
     times["attention"] = cost.attention_s(model, batch, query_tokens, context, dtype, where=attention_where)
     order = ("qkv_proj", "o_proj", "mlp_up", "mlp_act", "mlp_down", "other_ops", "attention")
     return {name: times[name] for name in order}
@@ -96,5 +108,6 @@ def recompute_kv_s(cost: CostModel, model: ModelConfig, batch: int, tokens: int,
     the element-wise ops around it (`recompute_extra_bytes`)."""
     if tokens <= 0 or batch <= 0:
         return 0.0
-    extra = sum(cost.elementwise_s(n) for n in recompute_extra_bytes(model, batch, tokens, dtype))
+    other = recompute_extra_bytes(model, batch, tokens, dtype) if charges_other_ops(cost) else []
+    extra = sum(cost.elementwise_s(n) for n in other)
     return cost.gemm_s(recompute_gemm(model, batch * tokens), dtype) + extra
