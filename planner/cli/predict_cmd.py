@@ -15,8 +15,8 @@ from planner.layer_costs import kv_bytes_per_token, op_flops, recompute_kv_flops
 from planner.models import DTYPE_BYTES, load_model
 from planner.profile import find_local_profile, load_profile
 
-OPS = ("qkv_proj", "o_proj", "mlp_up", "mlp_act", "mlp_down", "attention", "recompute_kv")
-FAMILY = {"mlp_act": "elementwise", "attention": "attention", "recompute_kv": "gemm"}
+OPS = ("qkv_proj", "o_proj", "mlp_up", "mlp_act", "mlp_down", "other_ops", "attention", "recompute_kv")
+FAMILY = {"mlp_act": "elementwise", "other_ops": "elementwise", "attention": "attention", "recompute_kv": "gemm"}
 MAX_ROWS = 1 << 26  # batch x tokens beyond this is not a layer anyone runs
 
 
@@ -57,7 +57,7 @@ def predict(profile_path: str | None, gpu: str | None, model_name: str, tokens: 
         fam_dtype = None if family == "elementwise" else dtype
         source = cost.source(family, "device", fam_dtype)
         reg = cost.fitted_model(family, "device", fam_dtype)
-        ops[name] = {"time_s": times[name], "flops": flops[name], "model": source,
+        ops[name] = {"time_s": times[name], "flops": flops.get(name, 0), "model": source,
                      "cv_mape": reg["cv_mape"] if reg else None}
     if not profile.host_is_device:  # the host CPU beside a GPU, as CPU attention uses it
         reg = cost.fitted_model("attention", "cpu", dtype)

@@ -19,6 +19,15 @@ the shape dimensions (m, n, k; batch, context, heads, ...), one of the kinds in 
            the rows as the BLAS library switches kernels (measured here: 14.5 GB/s of weights at 1-3
            rows, 7 at 4-6, 5 at 7-11, 3.6 at 12-14, 5 at 16-28), which a tree over (m, n, k) smears
 
+GEMMs and decode attention then get a table of what the probes measured ("probed"): per probed
+weight shape (n, k) of a GEMM, per head shape (heads, KV heads, head dim) of attention, the log
+ratio sample / model at each probed point, interpolated piecewise-linearly in log(m) (attention: in
+log(batch), then log(context)) and held constant beyond the probed ends. The planner asks only for
+the catalog models' shapes, which are exactly what the probes sample (planner/profiling/shapes.py),
+so at a probed point the prediction is the sample, between probed row counts it follows the
+measured points of that shape, and a shape never probed (a custom config.json) gets the model
+alone (factor 1). The table rides on every candidate, so cross-validation scores model + table.
+
 The candidate with the lowest cross-validated MAPE (k-fold, shuffled, fixed seed) is kept, with that
 held-out MAPE stored next to it. Extrapolation: the shape dimensions are clamped into the sampled
 range before the correction is evaluated, so outside the probed shapes a prediction is the linear
@@ -58,6 +67,16 @@ HINGE_KNOTS = 3
 # a 111x4096x4096 fp32 GEMM took 37.2 ms, a 192x4096x4096 one 36.4 ms, as the CPU kernel changes
 # blocking), and forcing it cost 30-40% error at 192 rows (docs/cost-models.md).
 MONOTONE_DIM = {"elementwise": 0, "link": 0}
+# Families with a probed table: (dims that name a probed shape, dims interpolated in log space, outer
+# first). GEMM: per weight shape (n, k), in m. Attention: per head shape, in batch then context.
+PROBED_DIMS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
+    "gemm": ((1, 2), (0,)),
+    "attention": ((2, 3, 4), (0, 1)),
+}
+# The probed table corrects the model by at most this factor either way: on two idle quick profiles
+# of this VM 99% of the fp32 GEMM and attention points needed less than x1.5 (the largest x1.75); a
+# sample further off its model is taken as disturbed (a load spike while probing), not as the shape.
+MAX_LOG_PROBED = math.log(1.5)
 CV_FOLDS = 5
 TREE_MAX_DEPTH = 4
 POLY_RIDGE_ALPHA = 1e-2
@@ -173,7 +192,11 @@ def _fit_rows(logd: np.ndarray, resid: np.ndarray) -> dict[str, Any]:
 
 def _rows_at(data: dict[str, Any], logd: Sequence[float]) -> float:
     """Linear interpolation in log(rows) between the knots, constant beyond the ends."""
-    xs, ys, x = data["x"], data["y"], logd[0]
+    return _interp1(data["x"], data["y"], logd[0])
+
+
+def _interp1(xs: Sequence[float], ys: Sequence[float], x: float) -> float:
+    """Piecewise-linear through (xs, ys), xs increasing; constant beyond the ends."""
     if x <= xs[0]:
         return ys[0]
     if x >= xs[-1]:
@@ -237,6 +260,63 @@ CORRECTIONS: dict[str, Correction] = {
 KINDS = ("linear", *CORRECTIONS)
 
 
+# -- the probed table: what the probes measured, per probed shape ------------------------------------
+def _fit_probed(family: str, dims: np.ndarray, resid: np.ndarray) -> dict[str, Any]:
+    """Per probed shape (PROBED_DIMS' key dims), the log ratio sample / model at each probed point
+    (median over repeated points), the points sorted by their log interpolation coordinates."""
+    key_dims, interp_dims = PROBED_DIMS[family]
+    groups: dict[tuple[float, ...], dict[tuple[float, ...], list[float]]] = {}
+    clipped = np.clip(resid, -MAX_LOG_PROBED, MAX_LOG_PROBED)
+    for row, r in zip(dims.tolist(), clipped.tolist(), strict=True):
+        key = tuple(float(row[i]) for i in key_dims)
+        x = tuple(math.log(max(float(row[i]), 1.0)) for i in interp_dims)
+        groups.setdefault(key, {}).setdefault(x, []).append(r)
+    return {"groups": [{"key": list(key), "points": [[*x, float(np.median(rs))] for x, rs in sorted(pts.items())]}
+                       for key, pts in sorted(groups.items())]}
+
+
+def _interp_points(points: Sequence[Sequence[float]], x: Sequence[float]) -> float:
+    """Nested piecewise-linear interpolation over sorted points [x0, (x1,) value]: along the last
+    coordinate within each value of the outer one, then along the outer one; constant beyond ends."""
+    if len(x) == 1:
+        return _interp1([p[0] for p in points], [p[1] for p in points], x[0])
+    outer = sorted({p[0] for p in points})
+    inner = [_interp_points([p[1:] for p in points if p[0] == o], x[1:]) for o in outer]
+    return _interp1(outer, inner, x[0])
+
+
+def probed_log_factor(model: dict[str, Any], dims: Sequence[float]) -> float:
+    """log(sample / model) interpolated at `dims` from the probed table of the same shape; 0 for a
+    shape never probed or a model without a table."""
+    table = model.get("probed")
+    if not table:
+        return 0.0
+    key_dims, interp_dims = PROBED_DIMS[model["family"]]
+    key = [float(dims[i]) for i in key_dims]
+    for group in table["groups"]:
+        if group["key"] == key:
+            return _interp_points(group["points"], [math.log(max(float(dims[i]), 1.0)) for i in interp_dims])
+    return 0.0
+
+
+def _check_probed(data: Any, family: str, where: str) -> None:
+    if family not in PROBED_DIMS:
+        raise KvplanError(f"{where}: a 'probed' table is only for {', '.join(PROBED_DIMS)} models")
+    key_dims, interp_dims = PROBED_DIMS[family]
+    groups = data.get("groups") if isinstance(data, dict) else None
+    if not isinstance(groups, list):
+        raise KvplanError(f"{where}: malformed 'probed' block (needs a list 'groups')")
+    for g in groups:
+        key, points = (g.get("key"), g.get("points")) if isinstance(g, dict) else (None, None)
+        ok = isinstance(key, list) and len(key) == len(key_dims) and all(_finite(v) for v in key)
+        ok = ok and isinstance(points, list) and len(points) >= 1
+        ok = ok and all(isinstance(p, list) and len(p) == len(interp_dims) + 1 and all(_finite(v) for v in p)
+                        for p in points)
+        if not ok or any(b[:-1] <= a[:-1] for a, b in zip(points, points[1:], strict=False)):
+            raise KvplanError(f"{where}: malformed 'probed' group (key of {len(key_dims)} numbers, points "
+                              f"[{len(interp_dims)} log coordinates, log ratio] sorted and distinct)")
+
+
 def _fit_kind(
     kind: str, family: str, dims: np.ndarray, y: np.ndarray, dtype_bytes: int, hinge: bool = False
 ) -> dict[str, Any]:
@@ -257,16 +337,51 @@ def _mape(pred: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(np.abs(pred - y) / y))
 
 
+def _complete(model: dict[str, Any], family: str, dims: np.ndarray, y: np.ndarray, dtype_bytes: int,
+              probed: bool) -> dict[str, Any]:
+    """Add what prediction needs besides the fit (family, dims, sampled range) and, with `probed`
+    (families in PROBED_DIMS), the probed table of these samples over the finished model."""
+    model.update({"family": family, "dims": list(DIMS[family]), "dtype_bytes": dtype_bytes,
+                  "dim_min": dims.min(axis=0).tolist(), "dim_max": dims.max(axis=0).tolist()})
+    if probed and family in PROBED_DIMS:
+        model["probed"] = _fit_probed(family, dims, np.log(y / np.maximum(_raw_many(model, dims), 1e-12)))
+    return model
+
+
 def _cv_mape(kind: str, family: str, dims: np.ndarray, y: np.ndarray, dtype_bytes: int, hinge: bool) -> float:
+    """k-fold held-out MAPE of a candidate alone (no probed table): how it predicts shapes and
+    points it was not fitted on, which is what a shape never probed gets."""
     from sklearn.model_selection import KFold
 
     folds = min(CV_FOLDS, len(y))
     pred = np.empty(len(y))
     for train, test in KFold(n_splits=folds, shuffle=True, random_state=0).split(dims):
         model = _fit_kind(kind, family, dims[train], y[train], dtype_bytes, hinge)
-        full = {**model, "family": family, "dims": list(DIMS[family]), "dtype_bytes": dtype_bytes,
-                "dim_min": dims[train].min(axis=0).tolist(), "dim_max": dims[train].max(axis=0).tolist()}
-        pred[test] = predict_many(full, dims[test])
+        pred[test] = predict_many(_complete(model, family, dims[train], y[train], dtype_bytes, False), dims[test])
+    return _mape(pred, y)
+
+
+def _held_out_probed_mape(kind: str, family: str, dims: np.ndarray, y: np.ndarray, dtype_bytes: int,
+                          hinge: bool) -> float:
+    """Held-out MAPE of model + probed table: each sample predicted by the candidate fitted without
+    its fold (CV_FOLDS, as _cv_mape) times the table of its shape built from every other sample, so
+    a probed point is interpolated from its shape's neighbours in m (attention: batch, context), or
+    is the model alone where it was its shape's only point. Leave-one-out for the table, k-fold for
+    the model (refitting it n times cost seconds per family)."""
+    from sklearn.model_selection import KFold
+
+    key_dims = list(PROBED_DIMS[family][0])
+    pred = np.empty(len(y))
+    for train, test in KFold(n_splits=min(CV_FOLDS, len(y)), shuffle=True, random_state=0).split(dims):
+        base = _complete(_fit_kind(kind, family, dims[train], y[train], dtype_bytes, hinge), family,
+                         dims[train], y[train], dtype_bytes, False)
+        raw = _raw_many(base, dims)
+        resid = np.log(y / np.maximum(raw, 1e-12))
+        for i in test:
+            mates = np.all(dims[:, key_dims] == dims[i, key_dims], axis=1)
+            mates[i] = False
+            table = {"family": family, "probed": _fit_probed(family, dims[mates], resid[mates])} if mates.any() else {}
+            pred[i] = raw[i] * math.exp(probed_log_factor(table, dims[i].tolist()))
     return _mape(pred, y)
 
 
@@ -291,14 +406,17 @@ def fit(family: str, rows: Sequence[Sequence[float]], dtype_bytes: int = 1) -> d
         cands += [(k, True) for k in kinds]
     scores = {(k, h): _cv_mape(k, family, dims, y, dtype_bytes, h) for k, h in cands}
     best = min(cands, key=lambda c: (round(scores[c], 6), c[1], kinds.index(c[0])))
-    model = _fit_kind(best[0], family, dims, y, dtype_bytes, best[1])
+    model = _complete(_fit_kind(best[0], family, dims, y, dtype_bytes, best[1]), family, dims, y, dtype_bytes, True)
     model.update({
-        "family": family, "dims": list(DIMS[family]), "dtype_bytes": dtype_bytes,
-        "dim_min": dims.min(axis=0).tolist(), "dim_max": dims.max(axis=0).tolist(),
         "cv_mape": round(scores[best], 6),
         "cv_mape_by_kind": {k + ("+hinge" if h else ""): round(v, 6) for (k, h), v in scores.items()},
         "n_samples": int(len(y)), "cv_folds": min(CV_FOLDS, len(y)),
     })
+    if family in PROBED_DIMS:
+        # the error a probed shape's query meets (the planner's case) vs a shape never probed
+        model["cv_mape_unprobed"] = model["cv_mape"]
+        model["cv_mape"] = round(_held_out_probed_mape(best[0], family, dims, y, dtype_bytes, best[1]), 6)
+        model["held_out"] = "model: 5-fold; probed table: leave-one-out"
     return model
 
 
@@ -326,7 +444,7 @@ def _raw_many(model: dict[str, Any], dims: np.ndarray) -> np.ndarray:
     coef = np.asarray(model["linear"], dtype=float)
     terms = _with_hinges(work_terms(family, dims, int(model["dtype_bytes"])), model.get("knots_gb") or [])
     base = _linear_predict(coef, terms)
-    if model["kind"] == "linear":
+    if model["kind"] == "linear" and not model.get("probed"):
         return base
     return base * np.array([correction(model, row) for row in dims.tolist()])
 
@@ -343,15 +461,17 @@ def _terms(family: str, dims: Sequence[float], dtype_bytes: int) -> tuple[float,
 
 
 def correction(model: dict[str, Any], dims: Sequence[float]) -> float:
-    """The multiplicative correction over the linear part at `dims` (1 for a linear model); the dims
-    are clamped into the sampled range first (see the module docstring on extrapolation)."""
+    """The multiplicative correction over the linear part at `dims`: the kind's (1 for a linear
+    model; the dims clamped into the sampled range first, see the module docstring on
+    extrapolation) times the probed table's factor at the unclamped dims (1 off the probed shapes)."""
     kind = model["kind"]
+    probed = probed_log_factor(model, dims)
     if kind == "linear":
-        return 1.0
+        return math.exp(probed) if probed else 1.0
     logd = [math.log(max(min(max(float(x), lo), hi), 1.0))
             for x, lo, hi in zip(dims, model["dim_min"], model["dim_max"], strict=True)]
     corr = CORRECTIONS[kind].at(model[kind], logd)
-    return math.exp(min(max(corr, -MAX_LOG_CORRECTION), MAX_LOG_CORRECTION))
+    return math.exp(min(max(corr, -MAX_LOG_CORRECTION), MAX_LOG_CORRECTION) + probed)
 
 
 def predict_from_terms(model: dict[str, Any], terms: Sequence[float], dims: Sequence[float]) -> float:
@@ -403,8 +523,9 @@ def predict(model: dict[str, Any], dims: Sequence[float]) -> float:
 
 
 def label(model: dict[str, Any]) -> str:
-    """The kind ("linear" or a CORRECTIONS key), with "+hinge" when the line has knots."""
-    return model["kind"] + ("+hinge" if model.get("knots_gb") else "")
+    """The kind ("linear" or a CORRECTIONS key), with "+hinge" when the line has knots and "+probed"
+    when it carries a probed table."""
+    return model["kind"] + ("+hinge" if model.get("knots_gb") else "") + ("+probed" if model.get("probed") else "")
 
 
 @dataclass(frozen=True)
@@ -449,6 +570,8 @@ def validate_model(model: Any, where: str) -> None:
         raise KvplanError(f"{where}: 'dtype_bytes' must be a number")
     if kind in CORRECTIONS:
         CORRECTIONS[kind].check(model.get(kind), ndim, where)
+    if model.get("probed") is not None:
+        _check_probed(model["probed"], family, where)
 
 
 def _finite(v: Any) -> bool:

@@ -1,10 +1,69 @@
-"""Predicted time of each op of one decoder layer, built from the CostModel's primitive queries."""
+"""Predicted time of each op of one decoder layer, built from the CostModel's primitive queries.
+
+The ops are what the runtime runs per layer (runtime/executor.py `_compute_layer`, the functions of
+runtime/model.py it calls): the projections over all rows once, attention per GPU batch, and the
+small element-wise ops between them (`other_ops_bytes`). Each element-wise op is priced as one
+`elementwise_s` query over the bytes it reads and writes: the profile's per-byte cost of the MLP
+activation probe, with its fixed cost per op (an assumption for ops that were not probed themselves:
+norms, adds and copies stream their bytes once like the activation does).
+
+They are charged only where the profile has a fitted element-wise model (`charges_other_ops`: a
+measured profile, whose per-op cost was measured on this machine's runtime). Datasheet profiles do
+not charge them yet: on the A100 roofline they add 5% to a layer and 6-9% to KVPR's recompute
+plans, which moves the shipped plans/ and docs/planner.md's tables (docs/cost-models.md, "Layer ops").
+"""
 
 from __future__ import annotations
 
 from planner.costmodel.cost_model import CostModel
 from planner.layer_costs import layer_gemms, recompute_gemm
 from planner.models import DTYPE_BYTES, ModelConfig
+
+# RMSNorm as runtime/model.py `_rms` writes it: pow, mean, times rsqrt, times the gain (4 torch ops);
+# LayerNorm is one fused op (F.layer_norm)
+RMS_NORM_OPS = 4
+# RoPE as runtime/model.py `rope` writes it, per tensor: the negated half, the cat, x*cos, rotated*sin
+# and their sum (5 ops over the tensor; cos/sin of one position are negligible)
+ROPE_OPS = 5
+
+
+def charges_other_ops(cost: CostModel) -> bool:
+    """Whether the layer's small element-wise ops are priced: only on a profile with a fitted
+    element-wise model (see the module docstring)."""
+    return cost.fitted_model("elementwise", "device") is not None
+
+
+def other_ops_bytes(model: ModelConfig, rows: int, dtype: str) -> list[int]:
+    """Bytes read + written by each small op of one layer for `rows` new tokens (one entry per torch
+    op; each pays the element-wise fixed cost), where runtime/model.py and runtime/executor.py run them:
+    - input norm and post-attention norm (`input_norm`, `finish_layer` -> `_norm`): read and write rows x h;
+    - the q/k head norms of Qwen3 (`_position_q_or_k`) and RoPE on q and k (`rope`, rotary models);
+    - the K,V half of the fused QKV output made contiguous (`query_and_kv`: `.contiguous()`);
+    - the new token's K,V written into the store or the gather buffer (`Executor._store_new` /
+      `_attend_gathered`: `buf.tensor[pos].copy_`);
+    - the attention outputs of the GPU batches concatenated (`_compute_layer`: `torch.cat(outs)`);
+    - the two residual adds (`finish_layer`: `h + ...`): read 2, write 1 tensor of rows x h;
+    - each projection's bias (`F.linear(..., bias)`: the output starts as the bias, the GEMM adds to
+      it), which the GEMM probes do not include (planner/profiling/compute.py times F.linear(x, W))."""
+    e = DTYPE_BYTES[dtype]
+    h, q, kv, i = model.hidden_size, model.q_dim, model.kv_dim, model.intermediate_size
+    norm = [2 * rows * h * e] * (1 if model.norm == "layernorm" else RMS_NORM_OPS)
+    ops = norm + norm
+    if model.qk_norm:
+        ops += [2 * rows * q * e] * RMS_NORM_OPS + [2 * rows * kv * e] * RMS_NORM_OPS
+    if model.position_encoding == "rotary":
+        ops += [2 * rows * q * e] * ROPE_OPS + [2 * rows * kv * e] * (ROPE_OPS + 1)  # + K written back
+    ops += [2 * rows * 2 * kv * e, 2 * rows * 2 * kv * e, 2 * rows * q * e]
+    ops += [3 * rows * h * e] * 2
+    biased = []
+    if model.qkv_bias:
+        biased.append(q + 2 * kv)
+    if model.o_bias:
+        biased.append(h)
+    if model.mlp_bias:
+        biased += [i] * (2 if model.gated_mlp else 1) + [h]
+    ops += [2 * rows * n * e for n in biased]
+    return ops
 
 
 def layer_op_times_s(
@@ -19,14 +78,36 @@ def layer_op_times_s(
     # activation reads the up (and gate) output and writes one tensor of rows x i
     act_bytes = rows * width * ((2 if model.gated_mlp else 1) + 1) * DTYPE_BYTES[dtype]
     times["mlp_act"] = cost.elementwise_s(act_bytes)
+    other = other_ops_bytes(model, rows, dtype) if charges_other_ops(cost) else []
+    times["other_ops"] = sum(cost.elementwise_s(n) for n in other)
     times["attention"] = cost.attention_s(model, batch, query_tokens, context, dtype, where=attention_where)
-    order = ("qkv_proj", "o_proj", "mlp_up", "mlp_act", "mlp_down", "attention")
+    order = ("qkv_proj", "o_proj", "mlp_up", "mlp_act", "mlp_down", "other_ops", "attention")
     return {name: times[name] for name in order}
+
+
+def recompute_extra_bytes(model: ModelConfig, batch: int, tokens: int, dtype: str) -> list[int]:
+    """Bytes of each op the runtime's recompute runs besides the GEMM the probe times (runtime/executor.py
+    `_recompute`, runtime/model.py `kv_from_x_into`): the X parts concatenated token-major
+    (`torch.cat(x_parts)`), the K,V bias added (`out.add_(bkv)`), and RoPE on K (rotary models; the probe
+    runs the recompute without it)."""
+    e = DTYPE_BYTES[dtype]
+    rows, kv = batch * tokens, model.kv_dim
+    ops = [2 * rows * model.hidden_size * e]
+    if model.qkv_bias:
+        ops.append(2 * rows * 2 * kv * e)
+    if model.qk_norm:
+        ops += [2 * rows * kv * e] * RMS_NORM_OPS
+    if model.position_encoding == "rotary":
+        ops += [2 * rows * kv * e] * (ROPE_OPS + 1)
+    return ops
 
 
 def recompute_kv_s(cost: CostModel, model: ModelConfig, batch: int, tokens: int, dtype: str) -> float:
     """Time to rebuild K,V of `tokens` cached tokens per sequence from their layer inputs X (one GPU
-    batch's recompute GEMM; W_k,W_v cold: attention over other GPU batches' K,V runs in between)."""
+    batch's recompute GEMM; W_k,W_v cold: attention over other GPU batches' K,V runs in between), with
+    the element-wise ops around it (`recompute_extra_bytes`)."""
     if tokens <= 0 or batch <= 0:
         return 0.0
-    return cost.gemm_s(recompute_gemm(model, batch * tokens), dtype)
+    other = recompute_extra_bytes(model, batch, tokens, dtype) if charges_other_ops(cost) else []
+    extra = sum(cost.elementwise_s(n) for n in other)
+    return cost.gemm_s(recompute_gemm(model, batch * tokens), dtype) + extra
