@@ -102,7 +102,7 @@ class Inputs(Section):
     batch: Batch | Literal["auto"] | None = None
     objective: Literal["throughput", "latency"] | None = None
     activations: Literal[ACTIVATION_CHOICES] | None = Field(
-        default=None, description="what --activations asked for; absent in older plans (auto)")
+        default=None, description="what --activations asked for; absent in older plans (device)")
     strategy: Name | None = None
     dtype: Dtype | None = None
     gpu_mem_bytes: Annotated[int, Field(ge=0)] | None = None

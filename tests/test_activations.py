@@ -101,11 +101,28 @@ def test_solve_pins_or_chooses_the_activation_placement(run_cli, tmp_path):
 def test_auto_keeps_activations_on_the_device_when_the_host_cannot_help(run_cli, tmp_path):
     out = tmp_path / "small.json"
     res = run_cli("solve", "--model", "opt-1.3b", "--gpu", "a100-40g-pcie", "--seq", "1024", "--batch", "8",
-                  "-o", out)
+                  "--activations", "auto", "-o", out)
     assert res.exit_code == 0, res.output
     plan = json.loads(out.read_text())
+    assert plan["inputs"]["activations"] == "auto"
     assert plan["decisions"]["activation_placement"] == "device"
     assert "activations on device" in res.output
+
+
+def test_the_default_keeps_activations_on_the_device_where_the_runtime_runs_them(run_cli, tmp_path):
+    """opt-6.7b, batch 64 on an A100: auto would move the hidden states to the host (room for more K,V on
+    the device); the default keeps them on the device, so `kvplan execute` can run the plan."""
+    base = ["solve", "--model", "opt-6.7b", "--gpu", "a100-40g-pcie", "--seq", "1152", "--batch", "64"]
+    plans = {}
+    for name, extra in (("default", []), ("auto", ["--activations", "auto"])):
+        res = run_cli(*base, *extra, "-o", tmp_path / f"{name}.json")
+        assert res.exit_code == 0, res.output
+        plans[name] = json.loads((tmp_path / f"{name}.json").read_text())
+    assert plans["default"]["inputs"]["activations"] == "device"
+    assert plans["default"]["decisions"]["activation_placement"] == "device"
+    assert plans["auto"]["decisions"]["activation_placement"] == "host"
+    assert plans["auto"]["prediction"]["throughput_tokens_per_s"] > plans["default"]["prediction"][
+        "throughput_tokens_per_s"]
 
 
 def test_bad_activation_values_are_one_line_errors(run_cli, tmp_path, write_json):

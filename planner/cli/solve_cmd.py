@@ -134,9 +134,10 @@ def summary_lines(plan: dict) -> list[str]:
 @click.option("--objective", default="throughput", show_default=True, help="throughput | latency")
 @click.option("--strategy", default="auto", show_default=True,
               help=f"{' | '.join(REQUEST_STRATEGIES)}: pin one strategy as a baseline; auto searches them all.")
-@click.option("--activations", default="auto", show_default=True,
+@click.option("--activations", default="device", show_default=True,
               help=f"{' | '.join(ACTIVATION_CHOICES)}: where the hidden states between layers of the GPU batches "
-              "not being computed live (FlexGen's activation placement); auto lets the solver choose.")
+              "not being computed live (FlexGen's activation placement); auto lets the solver choose. Plans with "
+              "them on the host are for export (FlexGen); 'kvplan execute' runs only device.")
 @click.option("--dtype", default=None,
               help="float16 | bfloat16 | float32 (default: the model's dtype on a GPU, float32 on a CPU-only profile).")
 @click.option("--gpu-mem", "gpu_mem", default=None, help=f"Cap on device memory, e.g. 24GB; {SIZE_HELP}.")

@@ -64,7 +64,7 @@ def _request(plan: Plan, strategy: str, activations: str, **caps: int | None) ->
 
 def _solve_pinned(plan: Plan, profile: Profile, engine: str, strategy: str, **caps: int | None) -> dict[str, Any]:
     # FlexGen places activations as the plan's request allowed; vLLM and Accelerate keep them on the GPU
-    activations = plan.data["inputs"].get("activations", "auto") if engine == "flexgen" else "device"
+    activations = plan.data["inputs"].get("activations", "device") if engine == "flexgen" else "device"
     try:
         return solve(_request(plan, strategy, activations, **caps), profile)
     except Infeasible as exc:

@@ -36,7 +36,9 @@ class SolveRequest:
     disk_bytes: int | None = None
     grid: int | None = field(default=None, compare=True)  # tests: placements in multiples of 1/grid
     max_batch: int = DEFAULT_MAX_BATCH  # batch auto tries powers of two up to this (and this)
-    activations: str = "auto"  # where the hidden states between layers live: auto | device | host
+    # where the hidden states between layers live: device | host | auto (the solver's choice); device by
+    # default because kvplan's runtime does not run host activations (runtime/executor.py refuses them)
+    activations: str = "device"
 
     @property
     def prompt_tokens(self) -> int:
