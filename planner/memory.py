@@ -37,15 +37,28 @@ def usable_bytes(profile: Profile, gpu_mem: int | None, cpu_mem: int | None, dis
             "host": capped(profile.host_memory_bytes, cpu_mem), "disk": disk_b}
 
 
+def hidden_state_bytes(model: ModelConfig, dtype: str, combo: Combo, prompt: int) -> dict[str, int]:
+    """The hidden states between layers in the prefill (the peak; a decode step's are one token), per
+    tier: a layer's input and output for every sequence of the block, 2 * batch * prompt * h * p. With
+    the activations on the host (FlexGen's activation placement, Sheng et al., arXiv:2303.06865) the
+    host holds those and the device only the working GPU batch's input and output and, double-buffered,
+    the next one's arriving and the last one's leaving: 2 * 2 * gpu_batch * prompt * h * p."""
+    per_seq = 2 * prompt * model.hidden_size * DTYPE_BYTES[dtype]
+    if combo.activation_placement == "host":
+        return {"device": 2 * combo.gpu_batch * per_seq, "host": combo.batch * per_seq}
+    return {"device": combo.batch * per_seq, "host": 0}
+
+
 def activation_bytes(model: ModelConfig, dtype: str, combo: Combo, prompt: int) -> int:
     """Device working memory: the prefill of one GPU batch dominates (QKV, MLP intermediate, output
     of `gpu_batch * prompt` rows; memory-efficient attention, no score matrix), plus the hidden
-    states of the whole block and the fp32 logits of one GPU batch."""
+    states the device holds (`hidden_state_bytes`) and the fp32 logits of one GPU batch."""
     p = DTYPE_BYTES[dtype]
     rows = combo.gpu_batch * prompt
     widths = model.q_dim + 2 * model.kv_dim + (2 if model.gated_mlp else 1) * model.intermediate_size
     widths += model.hidden_size
-    return rows * widths * p + 2 * combo.batch * prompt * model.hidden_size * p + combo.gpu_batch * model.vocab_size * 4
+    hidden = hidden_state_bytes(model, dtype, combo, prompt)["device"]
+    return rows * widths * p + hidden + combo.gpu_batch * model.vocab_size * 4
 
 
 def stream_buffer_bytes(model: ModelConfig, dtype: str, combo: Combo, seq: int) -> int:
@@ -82,7 +95,7 @@ def tier_bytes(st: Setting, combo: Combo, stored: dict[str, Amount], layers: dic
     device = embedding_params(m) * DTYPE_BYTES[dt] + activation_bytes(m, dt, combo, st.prompt)
     device = device + W * layers["device"] + cache["device"] + off_device * stream_buffer_bytes(
         m, dt, combo, st.seq) + streams * (2 * W)
-    host = W * layers["host"] + cache["host"]
+    host = W * layers["host"] + cache["host"] + hidden_state_bytes(m, dt, combo, st.prompt)["host"]
     if combo.attention_where != "device" and not st.host_is_device:
         host = host + cpu_attention_scores_bytes(m, combo, st.seq)
     disk = W * layers["disk"] + cache["disk"]
@@ -107,7 +120,7 @@ class Footprint:
     layer_weight_bytes: int  # one layer
     embedding_bytes: int
     activation_bytes: int  # the device's prefill working memory (activation_bytes)
-    hidden_bytes: int  # of which the block's hidden states in prefill
+    hidden_bytes: int  # of which the hidden states the device holds in prefill (hidden_state_bytes)
     staging_bytes: int  # K,V and X staging when attention runs on the device (stream_buffer_bytes)
 
     @property
@@ -133,6 +146,6 @@ def smallest_footprint(st: Setting, combo: Combo, x_allowed: bool) -> Footprint:
         cache_bytes=m.num_layers * combo.batch * st.seq * per_token, weight_bytes=m.num_layers * W,
         layer_weight_bytes=W, embedding_bytes=embedding_params(m) * DTYPE_BYTES[dt],
         activation_bytes=activation_bytes(m, dt, combo, st.prompt),
-        hidden_bytes=2 * combo.batch * st.prompt * m.hidden_size * DTYPE_BYTES[dt],
+        hidden_bytes=hidden_state_bytes(m, dt, combo, st.prompt)["device"],
         staging_bytes=stream_buffer_bytes(m, dt, combo, st.seq),
     )

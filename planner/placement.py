@@ -23,6 +23,10 @@ PINNED_STRATEGIES = ("resident", "transfer", "recompute", "cpu-attention")
 REQUEST_STRATEGIES = ("auto",) + PINNED_STRATEGIES
 STRATEGIES = PINNED_STRATEGIES + ("mixed",)
 ATTENTION_PLACES = ("device", "cpu")
+# Where the hidden states between layers of the GPU batches not being computed live (FlexGen's
+# activation placement; docs/planner.md, "Activations"); a request may also ask for "auto".
+ACTIVATION_PLACES = ("device", "host")
+ACTIVATION_CHOICES = ("auto",) + ACTIVATION_PLACES
 # The MILP's variable suffix for each tier (planner/search/formulation.py: xd, xh, xk, kd, kh, kk).
 TIER_INITIAL = {"device": "d", "host": "h", "disk": "k"}
 PIECES = tuple(kind + TIER_INITIAL[t] for kind in ("x", "k") for t in TIERS)  # xd xh xk kd kh kk

@@ -14,6 +14,8 @@ Placement semantics (the runtime relies on these):
   host share of layers is streamed from host memory each step, the rest from disk.
 - Batching (FlexGen's block): `num_gpu_batches` GPU batches of `gpu_batch` sequences share one
   load of each layer's weights; batch = gpu_batch * num_gpu_batches.
+- Activations: `activation_placement` "device" keeps the hidden states of the whole block on the
+  device; "host" keeps them in host memory and moves each GPU batch's in and out of every layer.
 """
 
 from __future__ import annotations
@@ -41,6 +43,9 @@ class Decisions:
     x_placement: dict[str, float]  # fractions of X[0:split_tokens]
     weight_placement: dict[str, float]  # fractions of the layers
     attention_where: str  # "device" | "cpu"
+    # where the hidden states between layers of the GPU batches not being computed live: "device" |
+    # "host" (FlexGen's activation placement; plans written before it have none: "device")
+    activation_placement: str = "device"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -64,6 +64,9 @@ def _check(inputs: dict[str, Any], decisions: Decisions, profile: Profile) -> No
     if profile.host_is_device and decisions.attention_where == "cpu":
         raise KvplanError("on a CPU-only profile attention runs on the device (the CPU); attention_where must be "
                           "'device'")
+    if profile.host_is_device and decisions.activation_placement != "device":
+        raise KvplanError("on a CPU-only profile the host is the device; decisions.activation_placement must be "
+                          "'device'")
 
 
 def setting_for(model: ModelConfig, inputs: dict[str, Any], dtype: str, profile: Profile,
@@ -103,7 +106,8 @@ def evaluate(model: ModelConfig, inputs: dict[str, Any], decisions: Decisions, p
     cost = cost_model_for(profile)
     st = setting_for(model, inputs, decisions.dtype, profile)
     L, gen = model.num_layers, st.gen
-    combo = Combo(decisions.batch, decisions.gpu_batch, decisions.num_gpu_batches, decisions.attention_where)
+    combo = Combo(decisions.batch, decisions.gpu_batch, decisions.num_gpu_batches, decisions.attention_where,
+                  decisions.activation_placement)
     a = exact_amounts(st, decisions)
     pr = ExactPricer(cost, model, decisions.dtype, disk_time_scale)
     terms = decode_terms(st, combo, cost, a, pr)

@@ -19,7 +19,7 @@ from pydantic import Field, model_validator
 from pydantic_core import PydanticCustomError
 
 from planner.model_config import DTYPE_BYTES, ModelRecord
-from planner.placement import ATTENTION_PLACES, STRATEGIES
+from planner.placement import ACTIVATION_CHOICES, ACTIVATION_PLACES, ATTENTION_PLACES, STRATEGIES
 from planner.validation import Strict, validate
 
 PLAN_SCHEMA_VERSION = 1  # the number `kvplan solve` writes and every reader checks
@@ -81,6 +81,9 @@ class Decisions(Section):
     x_placement: Fractions
     weight_placement: Fractions
     attention_where: Literal[ATTENTION_PLACES]
+    activation_placement: Literal[ACTIVATION_PLACES] = Field(
+        default="device", description="where the hidden states between layers of the GPU batches not being "
+        "computed live (FlexGen's activation placement); absent in older plans: device")
 
     @model_validator(mode="after")
     def _block(self) -> Decisions:
@@ -98,6 +101,8 @@ class Inputs(Section):
     model: Name | None = None
     batch: Batch | Literal["auto"] | None = None
     objective: Literal["throughput", "latency"] | None = None
+    activations: Literal[ACTIVATION_CHOICES] | None = Field(
+        default=None, description="what --activations asked for; absent in older plans (device)")
     strategy: Name | None = None
     dtype: Dtype | None = None
     gpu_mem_bytes: Annotated[int, Field(ge=0)] | None = None

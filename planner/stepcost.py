@@ -67,12 +67,14 @@ def lin(const: float = 0.0, **coefs: float) -> LinForm:
 
 @dataclass(frozen=True)
 class Combo:
-    """The discrete part of a plan: batch = gpu_batch * num_gpu_batches, and where attention runs."""
+    """The discrete part of a plan: batch = gpu_batch * num_gpu_batches, where attention runs and where
+    the hidden states of the GPU batches not being computed live."""
 
     batch: int
     gpu_batch: int
     num_gpu_batches: int
     attention_where: str  # "device" | "cpu"
+    activation_placement: str = "device"  # "device" | "host": the hidden states between layers (placement.py)
 
 
 @dataclass(frozen=True)
@@ -200,6 +202,17 @@ def linear_pricer(st: Setting, combo: Combo, cost: CostModel) -> LinearPricer:
     return LinearPricer(inverse, _recompute_rate(cost, st.model, combo.gpu_batch, ctx, st.dtype))
 
 
+def activation_io_bytes(st: Setting, combo: Combo, tokens: int) -> int:
+    """Bytes of one GPU batch's hidden states that cross the host link each way per layer when the
+    activations live on the host: gpu_batch * tokens * hidden * p (tokens = 1 in a decode step, the
+    prompt in the prefill). FlexGen's activation placement (Sheng et al., ICML 2023, arXiv:2303.06865,
+    §4: the activations of a GPU batch are loaded before its layer and stored after it); 0 when they
+    stay on the device or when the host is the device."""
+    if combo.activation_placement != "host" or st.host_is_device:
+        return 0
+    return combo.gpu_batch * tokens * st.model.hidden_size * DTYPE_BYTES[st.dtype]
+
+
 @dataclass(frozen=True)
 class DecodeTerms:
     """Busy seconds of each resource over one decode step, all layers (or bytes, with BytePricer)."""
@@ -223,7 +236,8 @@ def decode_terms(st: Setting, combo: Combo, cost: CostModel, a: Amounts, pr: Pri
     """One decode step of the whole batch through all layers. Per layer the projections and MLP run
     once over all b rows (the layer's weights are read once per step), attention and recompute once
     per GPU batch; everything off the device crosses the host link (disk data via host memory); with
-    CPU attention only q and the attention output cross it, and the new K,V go down (design.md §2.4)."""
+    CPU attention only q and the attention output cross it, and the new K,V go down (design.md §2.4);
+    activations on the host add each GPU batch's hidden state in and out (`activation_io_bytes`)."""
     m, dt = st.model, st.dtype
     L, ctx = m.num_layers, st.context
     kvpt, xpt, W = kv_bytes_per_token(m, dt), x_bytes_per_token(m, dt), layer_weight_bytes(m, dt)
@@ -256,6 +270,9 @@ def decode_terms(st: Setting, combo: Combo, cost: CostModel, a: Amounts, pr: Pri
         att_io = gb * m.q_dim * DTYPE_BYTES[dt]
         h2d = L * nb * pr.xfer("h2d", att_io) + weights_h2d
         d2h = L * nb * pr.xfer("d2h", att_io + gb * kvpt)
+    if cuda:  # host activations: per layer and GPU batch, its hidden state in (h2d) and out (d2h)
+        act = activation_io_bytes(st, combo, 1)
+        h2d, d2h = h2d + L * nb * pr.xfer("h2d", act), d2h + L * nb * pr.xfer("d2h", act)
     chain = L * (x_arrive + nb * rc) if dev_att else 0.0
     return DecodeTerms(compute=compute, cpu=cpu, h2d=h2d, d2h=d2h, disk_read=disk_read, disk_write=disk_write,
                        chain=chain, weights_h2d=weights_h2d, weights_disk=weights_disk)
@@ -294,7 +311,8 @@ class PrefillTerms:
 
 def prefill_terms(st: Setting, combo: Combo, cost: CostModel, a: Amounts, pr: Pricer) -> PrefillTerms:
     """The prompt through all layers on the device: `gpu_batch * prompt` rows per GPU batch, weights
-    streamed once, the prompt's K,V and X written to their tiers over d2h and the drive."""
+    streamed once, the prompt's K,V and X written to their tiers over d2h and the drive, and with
+    activations on the host each GPU batch's hidden states in and out of every layer."""
     m, dt = st.model, st.dtype
     L = m.num_layers
     kvpt, xpt, W = kv_bytes_per_token(m, dt), x_bytes_per_token(m, dt), layer_weight_bytes(m, dt)
@@ -306,6 +324,8 @@ def prefill_terms(st: Setting, combo: Combo, cost: CostModel, a: Amounts, pr: Pr
     if not st.host_is_device:
         h2d = pr.xfer("h2d", W, a.layers["host"] + a.layers["disk"])
         d2h = L * nb * pr.xfer("d2h", gb * (kvpt * (pre["kh"] + pre["kk"]) + xpt * (pre["xh"] + pre["xk"])))
+        act = activation_io_bytes(st, combo, st.prompt)  # host activations: the prompt's hidden states in and out
+        h2d, d2h = h2d + L * nb * pr.xfer("h2d", act), d2h + L * nb * pr.xfer("d2h", act)
     disk = pr.xfer(WEIGHTS_READ.name, W, a.layers["disk"]) + L * nb * pr.xfer(
         "disk_write", gb * (kvpt * pre["kk"] + xpt * pre["xk"]))
     return PrefillTerms(compute=compute, h2d=h2d, d2h=d2h, disk=disk)

@@ -71,6 +71,12 @@ class Setup:
     # I/O and compute of every layer are real, the logits are not those of any model
     virtual_layers: int | None = None
 
+    def __post_init__(self) -> None:
+        if self.decisions.activation_placement != "device":
+            raise KvplanError(f"plan decisions.activation_placement {self.decisions.activation_placement!r} is not "
+                              "run by kvplan's runtime, which keeps the hidden states on the device; solve again "
+                              "with --activations device")
+
 
 def memory_needed(s: Setup) -> dict[str, int]:
     """Bytes this run will allocate, per place ("device", "host", "disk"), before allocating any.

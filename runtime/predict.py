@@ -34,11 +34,13 @@ def _fold_host(fr: dict[str, float]) -> dict[str, float]:
 def as_run_on(d: Decisions, profile: Profile) -> Decisions:
     """The decisions as they physically run on `profile`'s machine. On a CPU-only machine host memory
     is device memory and the CPU is the device, so a GPU plan's host tier is RAM that needs no copy
-    (folded into "device") and its CPU attention is device attention (docs/runtime.md)."""
+    (folded into "device"), its CPU attention is device attention and its host activations are
+    device activations (docs/runtime.md)."""
     if not profile.host_is_device:
         return d
-    return dataclasses.replace(d, attention_where="device", kv_placement=_fold_host(d.kv_placement),
-                               x_placement=_fold_host(d.x_placement), weight_placement=_fold_host(d.weight_placement))
+    return dataclasses.replace(d, attention_where="device", activation_placement="device",
+                               kv_placement=_fold_host(d.kv_placement), x_placement=_fold_host(d.x_placement),
+                               weight_placement=_fold_host(d.weight_placement))
 
 
 def _lower_bound(pred: dict[str, Any], plan: Plan) -> dict[str, Any] | None:

@@ -17,7 +17,8 @@ def solve_args(plan: dict, out: Path) -> list[str]:
     assert hw["profile_kind"] == "datasheet", "shipped plans are made for datasheet GPUs"
     args = ["solve", "--model", inp["model"], "--seq", inp["seq"], "--gen", inp["gen"], "--prompt", inp["prompt"],
             "--batch", inp["batch"], "--strategy", inp["strategy"], "--objective", inp["objective"],
-            "--dtype", inp["dtype"], "--gpu", hw["profile_name"], "--max-batch", inp["max_batch"], "-o", out]
+            "--dtype", inp["dtype"], "--gpu", hw["profile_name"], "--max-batch", inp["max_batch"],
+            "--activations", inp["activations"], "-o", out]
     for option, key in (("--gpu-mem", "gpu_mem_bytes"), ("--cpu-mem", "cpu_mem_bytes"), ("--disk", "disk_bytes")):
         if inp[key] is not None:
             args += [option, f"{inp[key]}B"]

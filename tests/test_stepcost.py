@@ -50,19 +50,20 @@ def _frac(tier: str) -> dict[str, float]:
 
 
 def _decisions(batch: int, nb: int, split: int, kv: str | dict, x: str | dict, where: str = "device",
-               weights: dict | None = None) -> Decisions:
+               weights: dict | None = None, activations: str = "device") -> Decisions:
     kv_p = _frac(kv) if isinstance(kv, str) else kv
     x_p = _frac(x) if isinstance(x, str) else x
     return Decisions(strategy="mixed", dtype="float16", batch=batch, gpu_batch=batch // nb, num_gpu_batches=nb,
                      split_tokens=split, kv_placement=kv_p, x_placement=x_p,
-                     weight_placement=weights or _frac("device"), attention_where=where)
+                     weight_placement=weights or _frac("device"), attention_where=where,
+                     activation_placement=activations)
 
 
 def _both(inputs: dict, d: Decisions, profile) -> tuple[dict, dict]:
     """Each resource's busy seconds: (exact pricing, linear pricing at the same decisions)."""
     st = setting_for(MODEL, inputs, d.dtype, profile)
     cost = cost_model_for(profile)
-    combo = Combo(d.batch, d.gpu_batch, d.num_gpu_batches, d.attention_where)
+    combo = Combo(d.batch, d.gpu_batch, d.num_gpu_batches, d.attention_where, d.activation_placement)
     a = exact_amounts(st, d)
     pr = ExactPricer(cost, MODEL, d.dtype)
     t, p = decode_terms(st, combo, cost, a, pr), prefill_terms(st, combo, cost, a, pr)
@@ -85,6 +86,9 @@ INPUTS = {"seq": 513, "prompt": 480, "gen": 33, "objective": "throughput"}
     ("transfer, K,V on disk", _decisions(16, 1, 0, "disk", "device")),
     ("cpu attention, K,V in host memory", _decisions(16, 1, 0, "host", "device", where="cpu")),
     ("resident", _decisions(16, 1, 0, "device", "device")),
+    ("transfer, activations on the host", _decisions(16, 1, 0, "host", "device", activations="host")),
+    ("cpu attention, activations on the host", _decisions(16, 1, 0, "host", "device", where="cpu",
+                                                          activations="host")),
 ])
 def test_surrogate_equals_the_evaluator_term_by_term_where_linear_is_exact(name, decisions):
     exact, linear = _both(INPUTS, decisions, NO_LATENCY)

@@ -79,6 +79,11 @@ def explain_lines(plan_data: dict[str, Any], model, seq: int, prompt: int, gen: 
         out.append(f"  tokens [{l_tok}, {seq}) are kept as K,V: " + _tier_text(d.kv_placement,
                                                                            L * d.batch * kv_tokens * kvpt))
     out.append(f"  attention runs on the {'device' if d.attention_where == 'device' else 'host CPU'}")
+    if d.activation_placement == "host":
+        out.append(f"  the hidden states between layers live in host memory: each {batch_word(cpu_only)}'s cross the "
+                   "link into every layer and back out (FlexGen's activation placement)")
+    else:
+        out.append("  the hidden states between layers stay on the device")
     ratio = 2 * model.kv_dim / model.hidden_size
     if recompute_saves_bytes(model):
         out.append(f"  X is {1 / ratio:.2f}x the size of K,V for this model (h={model.hidden_size}, "

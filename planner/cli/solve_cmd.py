@@ -19,7 +19,7 @@ from planner.models import load_model
 from planner.plan import save_plan
 from planner.profile import find_local_profile, load_profile
 from planner.search import SolveRequest, solve
-from planner.search.request import DEFAULT_MAX_BATCH, MAX_BATCH, REQUEST_STRATEGIES
+from planner.search.request import ACTIVATION_CHOICES, DEFAULT_MAX_BATCH, MAX_BATCH, REQUEST_STRATEGIES
 from planner.units import SIZE_HELP, escape_name, format_seconds, parse_bytes
 
 
@@ -98,7 +98,8 @@ def summary_lines(plan: dict) -> list[str]:
         f"{plan['inputs']['prompt']} + gen {plan['inputs']['gen']}), {d['dtype']}, objective "
         f"{plan['inputs']['objective']}",
         f"  strategy {d['strategy']}: {batch_text(d['batch'], d['gpu_batch'], d['num_gpu_batches'], cpu_only)}, "
-        f"split {d['split_tokens']} tokens ({100 * d['split_tokens'] / seq:.1f}%), attention on {d['attention_where']}",
+        f"split {d['split_tokens']} tokens ({100 * d['split_tokens'] / seq:.1f}%), attention on "
+        f"{d['attention_where']}, activations on {d.get('activation_placement', 'device')}",
         "  K,V " + tier_text(d["kv_placement"]) + "; X " + tier_text(d["x_placement"]).split(" ")[0]
         + "; weights " + tier_text(d["weight_placement"]).split(" ")[0],
         f"  decode step {format_seconds(p['decode_step_s'])} (bound by {p['timeline']['bound_by']}), prefill "
@@ -133,6 +134,10 @@ def summary_lines(plan: dict) -> list[str]:
 @click.option("--objective", default="throughput", show_default=True, help="throughput | latency")
 @click.option("--strategy", default="auto", show_default=True,
               help=f"{' | '.join(REQUEST_STRATEGIES)}: pin one strategy as a baseline; auto searches them all.")
+@click.option("--activations", default="device", show_default=True,
+              help=f"{' | '.join(ACTIVATION_CHOICES)}: where the hidden states between layers of the GPU batches "
+              "not being computed live (FlexGen's activation placement); auto lets the solver choose. Plans with "
+              "them on the host are for export (FlexGen); 'kvplan execute' runs only device.")
 @click.option("--dtype", default=None,
               help="float16 | bfloat16 | float32 (default: the model's dtype on a GPU, float32 on a CPU-only profile).")
 @click.option("--gpu-mem", "gpu_mem", default=None, help=f"Cap on device memory, e.g. 24GB; {SIZE_HELP}.")
@@ -145,7 +150,7 @@ def summary_lines(plan: dict) -> list[str]:
 @hardware_options
 def command(model_name: str, seq: int, gen: int | None, prompt: int | None, batch_text: str, max_batch: int,
             profile_path: str | None,
-            gpu: str | None, objective: str, strategy: str, dtype: str | None, gpu_mem: str | None,
+            gpu: str | None, objective: str, strategy: str, activations: str, dtype: str | None, gpu_mem: str | None,
             cpu_mem: str | None, disk: str | None, output: str | None, as_json: bool,
             hardware: HardwareArgs) -> None:
     """Solve for the best execution plan of MODEL at context SEQ and write it as JSON."""
@@ -162,6 +167,7 @@ def command(model_name: str, seq: int, gen: int | None, prompt: int | None, batc
         model=load_model(model_name), seq=seq, gen=gen, prompt=prompt, batch=parse_batch(batch_text),
         objective=objective, strategy=strategy, dtype=dtype, gpu_mem_bytes=parse_bytes(gpu_mem, "--gpu-mem"),
         cpu_mem_bytes=parse_bytes(cpu_mem, "--cpu-mem"), disk_bytes=parse_bytes(disk, "--disk"), max_batch=max_batch,
+        activations=activations,
     )
     profile = hardware.compose(resolve_profile(profile_path, gpu))
     check_request_fits(profile, request.cpu_mem_bytes)

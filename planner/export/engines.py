@@ -43,10 +43,11 @@ def _layers(plan: Plan, ep: EnginePlan) -> dict[str, int]:
 def flexgen(plan: Plan, ep: EnginePlan, offload_dir: str | None) -> Rendered:
     d = ep.decisions
     w, c = percent_split(d.weight_placement), percent_split(d.kv_placement)
+    act_gpu = 100 if d.activation_placement == "device" else 0  # FlexGen's last pair: activations GPU/CPU %
     options: dict[str, Any] = {
         "--model": hf_id(plan.model), "--prompt-len": plan.prompt, "--gen-len": plan.gen,
         "--gpu-batch-size": d.gpu_batch, "--num-gpu-batches": d.num_gpu_batches,
-        "--percent": [w["device"], w["host"], c["device"], c["host"], 100, 0],
+        "--percent": [w["device"], w["host"], c["device"], c["host"], act_gpu, 100 - act_gpu],
         "--offload-dir": offload_dir or FLEXGEN_DEFAULT_OFFLOAD_DIR,
     }
     if d.attention_where == "cpu":

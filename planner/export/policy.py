@@ -51,7 +51,7 @@ def _inputs(plan: Plan) -> dict[str, Any]:
     return {"seq": plan.seq, "prompt": plan.prompt, "gen": plan.gen, "objective": plan.data["inputs"]["objective"]}
 
 
-def _request(plan: Plan, strategy: str, **caps: int | None) -> SolveRequest:
+def _request(plan: Plan, strategy: str, activations: str, **caps: int | None) -> SolveRequest:
     inp = plan.data["inputs"]
     batch = inp.get("batch", "auto")
     fields = {"gpu_mem_bytes": inp.get("gpu_mem_bytes"), "cpu_mem_bytes": inp.get("cpu_mem_bytes"),
@@ -59,12 +59,14 @@ def _request(plan: Plan, strategy: str, **caps: int | None) -> SolveRequest:
     fields.update(caps)
     return SolveRequest(model=plan.model, seq=plan.seq, gen=plan.gen, prompt=plan.prompt,
                         batch=None if batch == "auto" else int(batch), objective=inp["objective"],
-                        strategy=strategy, dtype=plan.decisions.dtype, **fields)
+                        strategy=strategy, dtype=plan.decisions.dtype, activations=activations, **fields)
 
 
 def _solve_pinned(plan: Plan, profile: Profile, engine: str, strategy: str, **caps: int | None) -> dict[str, Any]:
+    # FlexGen places activations as the plan's request allowed; vLLM and Accelerate keep them on the GPU
+    activations = plan.data["inputs"].get("activations", "device") if engine == "flexgen" else "device"
     try:
-        return solve(_request(plan, strategy, **caps), profile)
+        return solve(_request(plan, strategy, activations, **caps), profile)
     except Infeasible as exc:
         raise KvplanError(f"{engine} cannot run this request: with its limits ({strategy} K,V"
                           f"{', no disk' if caps.get('disk_bytes') == 0 else ''}) {exc}") from exc
@@ -100,7 +102,7 @@ def percent_split(fractions: dict[str, float]) -> dict[str, int]:
 
 
 def _whole_percents(d: Decisions) -> Decisions:
-    """FlexGen's placement: whole percents of the weights and of the K,V (activations on the GPU)."""
+    """FlexGen's placement: whole percents of the weights and of the K,V (activations all on one tier)."""
     def pct(fractions: dict[str, float]) -> dict[str, float]:
         return {t: v / 100 for t, v in percent_split(fractions).items()}
 
@@ -108,7 +110,7 @@ def _whole_percents(d: Decisions) -> Decisions:
 
 
 def _one_batch(d: Decisions) -> Decisions:
-    return dataclasses.replace(d, gpu_batch=d.batch, num_gpu_batches=1)
+    return dataclasses.replace(d, gpu_batch=d.batch, num_gpu_batches=1, activation_placement="device")
 
 
 def _fits_engine(engine: str, d: Decisions) -> bool:
@@ -116,7 +118,7 @@ def _fits_engine(engine: str, d: Decisions) -> bool:
         return d.split_tokens == 0
     no_disk_weights = engine != "vllm" or d.weight_placement["disk"] == 0
     return (d.split_tokens == 0 and d.kv_placement["device"] == 1.0 and d.attention_where == "device"
-            and d.num_gpu_batches == 1 and no_disk_weights)
+            and d.num_gpu_batches == 1 and no_disk_weights and d.activation_placement == "device")
 
 
 def engine_decisions(plan: Plan, profile: Profile, engine: str) -> tuple[Decisions, bool]:
@@ -152,6 +154,8 @@ def lost_sentence(engine: str, plan: Plan, d: Decisions, pred: dict[str, Any]) -
         missing.append("keeps every running sequence's K,V in GPU memory (no host or disk K,V)")
     if engine != "flexgen" and p.num_gpu_batches > 1 and d.num_gpu_batches == 1:
         missing.append(f"runs the batch as one (the plan loads weights once per {p.num_gpu_batches} GPU batches)")
+    if p.activation_placement == "host" and d.activation_placement != "host":
+        missing.append("keeps the hidden states between layers on the GPU (the plan keeps them in host memory)")
     if d.batch != p.batch:
         missing.append(f"fits batch {d.batch} instead of {p.batch}")
     tput = f"predicted {pred['throughput_tokens_per_s']:.3g} tok/s vs {orig['throughput_tokens_per_s']:.3g} with " \

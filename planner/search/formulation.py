@@ -10,7 +10,8 @@ The continuous decisions are fractions of the `seq` tokens of every sequence, pe
 the integer ones are the number of layers whose weights live on each tier (nd + nh + nk = L) and two
 binaries that pay for staging buffers on the device (zoff: some X/K,V is off the device; zw: some
 weights stream). The discrete choices (batch, GPU batch x number of GPU batches, where attention
-runs) are "combos": each has its own constants and the MILP picks one of them.
+runs, where the activations between layers live) are "combos": each has its own constants and the
+MILP picks one of them.
 
 Every time term is (constant + sum of coefficient * variable) seconds: planner/stepcost.py's
 equations with each transfer and the recompute priced at one rate sampled from the profile's
@@ -140,7 +141,20 @@ def batch_candidates(batch: int | None, max_batch: int = 256) -> list[int]:
     return out if out[-1] == max_batch else out + [max_batch]
 
 
-def combos_for(batch: int | None, host_is_device: bool, strategy: str, max_batch: int = 256) -> list[Combo]:
+def activation_places(activations: str, host_is_device: bool, num_gpu_batches: int) -> tuple[str, ...]:
+    """Where the hidden states may live for a block of `num_gpu_batches` GPU batches. On a CPU-only
+    profile there is no separate host: "device". `auto` offers the host only where it saves device
+    memory: with at most 2 GPU batches the device holds the same two GPU batches' hidden states either
+    way (planner/memory.hidden_state_bytes) and the host only adds link traffic, so it cannot win."""
+    if host_is_device:
+        return ("device",)
+    if activations == "auto":
+        return ("device", "host") if num_gpu_batches > 2 else ("device",)
+    return (activations,)
+
+
+def combos_for(batch: int | None, host_is_device: bool, strategy: str, max_batch: int = 256,
+               activations: str = "auto") -> list[Combo]:
     wheres = ("device",) if host_is_device else ("device", "cpu")
     out = []
     for b in batch_candidates(batch, max_batch):
@@ -149,7 +163,9 @@ def combos_for(batch: int | None, host_is_device: bool, strategy: str, max_batch
             nbs = [nb for nb in range(1, 17) if b % nb == 0]
         for nb in nbs:
             for where in wheres:
-                combo = Combo(batch=b, gpu_batch=b // nb, num_gpu_batches=nb, attention_where=where)
-                if strategy_allows(strategy, combo):
-                    out.append(combo)
+                for act in activation_places(activations, host_is_device, nb):
+                    combo = Combo(batch=b, gpu_batch=b // nb, num_gpu_batches=nb, attention_where=where,
+                                  activation_placement=act)
+                    if strategy_allows(strategy, combo):
+                        out.append(combo)
     return out

@@ -6,12 +6,12 @@ from dataclasses import dataclass, field
 
 from planner.errors import KvplanError
 from planner.models import DTYPE_BYTES, ModelConfig
-from planner.placement import PINNED_STRATEGIES, REQUEST_STRATEGIES
+from planner.placement import ACTIVATION_CHOICES, PINNED_STRATEGIES, REQUEST_STRATEGIES
 from planner.profile import Profile
 
 OBJECTIVES = ("throughput", "latency")
-__all__ = ["DEFAULT_MAX_BATCH", "MAX_BATCH", "OBJECTIVES", "PINNED_STRATEGIES", "REQUEST_STRATEGIES", "Infeasible",
-           "SolveRequest", "validate_request", "resolve_dtype"]
+__all__ = ["ACTIVATION_CHOICES", "DEFAULT_MAX_BATCH", "MAX_BATCH", "OBJECTIVES", "PINNED_STRATEGIES",
+           "REQUEST_STRATEGIES", "Infeasible", "SolveRequest", "validate_request", "resolve_dtype"]
 MAX_BATCH = 65536
 DEFAULT_MAX_BATCH = 256  # the largest batch `--batch auto` tries unless --max-batch raises it
 MAX_SEQ = 10_000_000
@@ -36,6 +36,9 @@ class SolveRequest:
     disk_bytes: int | None = None
     grid: int | None = field(default=None, compare=True)  # tests: placements in multiples of 1/grid
     max_batch: int = DEFAULT_MAX_BATCH  # batch auto tries powers of two up to this (and this)
+    # where the hidden states between layers live: device | host | auto (the solver's choice); device by
+    # default because kvplan's runtime does not run host activations (runtime/executor.py refuses them)
+    activations: str = "device"
 
     @property
     def prompt_tokens(self) -> int:
@@ -65,6 +68,8 @@ def validate_request(req: SolveRequest) -> None:
         raise KvplanError(f"unknown objective '{req.objective}' (known: {', '.join(OBJECTIVES)})")
     if req.strategy not in REQUEST_STRATEGIES:
         raise KvplanError(f"unknown strategy '{req.strategy}' (known: {', '.join(REQUEST_STRATEGIES)})")
+    if req.activations not in ACTIVATION_CHOICES:
+        raise KvplanError(f"--activations must be one of {', '.join(ACTIVATION_CHOICES)}, got {req.activations!r}")
     if req.dtype is not None and req.dtype not in DTYPE_BYTES:
         raise KvplanError(f"unknown dtype '{req.dtype}' (known: {', '.join(DTYPE_BYTES)})")
     for name in ("gpu_mem_bytes", "cpu_mem_bytes", "disk_bytes"):

@@ -75,6 +75,7 @@ def decisions_from_values(st: Setting, combo: Combo, values: dict[str, float],
         strategy=strategy_label(split, kv, x, combo.attention_where), dtype=st.dtype, batch=combo.batch,
         gpu_batch=combo.gpu_batch, num_gpu_batches=combo.num_gpu_batches, split_tokens=split,
         kv_placement=kv, x_placement=x, weight_placement=w, attention_where=combo.attention_where,
+        activation_placement=combo.activation_placement,
     )
 
 
@@ -86,12 +87,14 @@ def _diagnose(st: Setting, req: SolveRequest, strategy: str, caps: dict[str, int
             return "cpu-attention needs a host CPU beside the device; on a CPU-only profile attention already " \
                    "runs on the device (the CPU)"
         return f"no candidate batch for strategy {strategy}"
-    small = min(combos, key=lambda c: (c.batch, c.gpu_batch))
+    small = min(combos, key=lambda c: (c.batch, c.gpu_batch, c.activation_placement != "host"))
     fp = smallest_footprint(st, small, strategy in ("auto", "recompute") and recompute_saves_bytes(m))
     what = f"{m.name} {dt}, batch {small.batch}, seq {st.seq}"
     dev_cap = caps["device"]
     dev_word = "memory" if st.host_is_device else "device memory"
     hint = "; try a smaller --batch" if req.batch is not None and req.batch > 1 else ""
+    if small.num_gpu_batches > 2 and small.activation_placement == "device" and not st.host_is_device:
+        hint += " or --activations host"
     kv, weights, two_layers = _gb(fp.cache_bytes), _gb(fp.weight_bytes), 2 * fp.layer_weight_bytes
     if strategy == "resident":
         return (f"resident K,V needs {_gb(fp.resident_bytes)} of {dev_word} for {what} (K,V {kv}, embeddings "
@@ -100,8 +103,9 @@ def _diagnose(st: Setting, req: SolveRequest, strategy: str, caps: dict[str, int
     dev_min = fp.device_min_bytes
     if dev_min > dev_cap:
         return (f"needs {_gb(dev_min)} of {dev_word} even with everything else offloaded, for {what}: embeddings "
-                f"{_gb(fp.embedding_bytes)}, prefill working memory {_gb(fp.activation_bytes)} (of which the batch's "
-                f"hidden states {_gb(fp.hidden_bytes)}), K,V staging {_gb(fp.staging_bytes)}, two streamed layers "
+                f"{_gb(fp.embedding_bytes)}, prefill working memory {_gb(fp.activation_bytes)} (of which hidden "
+                f"states {_gb(fp.hidden_bytes)}, activations on the {small.activation_placement}), K,V staging "
+                f"{_gb(fp.staging_bytes)}, two streamed layers "
                 f"{_gb(two_layers)}; {_gb(dev_cap)} available{hint}")
     total = fp.weight_bytes + fp.cache_bytes
     room = (dev_cap - dev_min) + caps["host"] + caps["disk"]
@@ -117,6 +121,9 @@ def _diagnose(st: Setting, req: SolveRequest, strategy: str, caps: dict[str, int
 
 def setting_for_request(req: SolveRequest, profile: Profile) -> tuple[Setting, dict[str, int]]:
     validate_request(req)
+    if req.activations == "host" and profile.host_is_device:
+        raise KvplanError("--activations host needs a host beside the device; on a CPU-only profile the host is "
+                          "the device (use auto or device)")
     dtype = resolve_dtype(req, profile)
     caps = capacities(req, profile)
     st = Setting(
@@ -132,7 +139,7 @@ def build_problem(req: SolveRequest, st: Setting, profile: Profile, strategy: st
     """The combos of `strategy` ("auto": nothing pinned) with their coefficients and pinned variables;
     the MILP and the exhaustive search (tests) both take exactly this."""
     cost = cost_model_for(profile)
-    combos = combos_for(req.batch, profile.host_is_device, strategy, req.max_batch)
+    combos = combos_for(req.batch, profile.host_is_device, strategy, req.max_batch, req.activations)
     cache = {} if cache is None else cache
     coeffs = []
     zeros = []
@@ -160,7 +167,7 @@ def solve_surrogate(req: SolveRequest, st: Setting, profile: Profile, strategy: 
         if result.status not in ("Infeasible", "Unbounded"):
             raise KvplanError(f"the MILP solver {result.solver} stopped with status {result.status} "
                               f"(strategy {strategy}); please report this configuration")
-        combos = combos_for(req.batch, profile.host_is_device, strategy, req.max_batch)
+        combos = combos_for(req.batch, profile.host_is_device, strategy, req.max_batch, req.activations)
         raise Infeasible(_diagnose(st, req, strategy, caps, combos))
     return result, coeffs[result.index].combo, len(coeffs)
 
@@ -251,7 +258,7 @@ def solve(request: SolveRequest, profile: Profile) -> dict[str, Any]:
         "inputs": {
             "model": m.name, "seq": request.seq, "prompt": request.prompt_tokens, "gen": request.gen,
             "batch": "auto" if request.batch is None else request.batch, "max_batch": request.max_batch,
-            "objective": request.objective,
+            "activations": request.activations, "objective": request.objective,
             "strategy": request.strategy, "dtype": dtype, "gpu_mem_bytes": request.gpu_mem_bytes,
             "cpu_mem_bytes": request.cpu_mem_bytes, "disk_bytes": request.disk_bytes,
         },
