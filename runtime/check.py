@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from planner.costmodel import CostModel
+from planner.directio import PAGE, align_up
 from planner.disk_classes import KV_READ, WEIGHTS_READ
 from planner.layer_costs import Gemm, kv_bytes_per_token, layer_gemms, layer_weight_bytes, x_bytes_per_token
 from planner.models import DTYPE_BYTES
@@ -155,7 +156,7 @@ def _attention_probe(cost: CostModel, plan: Plan, d: Decisions, where: Where, co
 
 
 def _disk_probe(cost: CostModel, piece: int, disk_dir: Path, where: Where, kernels) -> Probe:
-    size = max(disk.PAGE, -(-min(piece, CHECK_OPERAND_MAX_BYTES) // disk.PAGE) * disk.PAGE)
+    size = max(PAGE, align_up(min(piece, CHECK_OPERAND_MAX_BYTES)))
     # the profile timed link.disk_read beside a compute loop on a CPU-only machine (the runtime's
     # situation): the same loop here, or the ratio would compare a quiet disk with a busy one
     busy = None
@@ -261,8 +262,8 @@ def scaled_profile(profile: Profile, check: dict[str, Any], d: Decisions,
     data = copy.deepcopy(profile.data)
     models = data.get("cost_models") or {}
     # the disk's ratio is the drive's drift: it scales both read classes' models (planner/disk_classes.py)
-    keys = {"gemm": [_fitted_key(cost, "gemm", "device", d.dtype)],
-            "attention": [_fitted_key(cost, "attention", where.attention_where, d.dtype)],
+    keys = {"gemm": [cost.fitted_model_key("gemm", "device", d.dtype)],
+            "attention": [cost.fitted_model_key("attention", where.attention_where, d.dtype)],
             "disk_read": [k for k in (KV_READ.model_key, WEIGHTS_READ.model_key) if k in models]}
     applied = []
     for p in check["probes"]:
@@ -273,9 +274,4 @@ def scaled_profile(profile: Profile, check: dict[str, Any], d: Decisions,
     if not applied:
         return None
     return profile_from_dict(data, origin=f"{profile.name} scaled by the machine check"), applied
-
-
-def _fitted_key(cost: CostModel, family: str, where: str, dtype: str) -> str | None:
-    model = cost.fitted_model(family, where, dtype)
-    return next((k for k, v in cost.fitted.items() if v is model), None) if model is not None else None
 

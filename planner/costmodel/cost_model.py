@@ -82,6 +82,11 @@ class CostModel:
         CPU helper is the device, so "cpu" queries use the device's models."""
         return self.fitted.get(self._key(family, where, dtype))
 
+    def fitted_model_key(self, family: str, where: str, dtype: str | None = None) -> str | None:
+        """The cost_models key of `fitted_model`'s answer, or None when the profile has no such model."""
+        key = self._key(family, where, dtype)
+        return key if key in self.fitted else None
+
     def source(self, family: str, where: str = "device", dtype: str | None = None) -> str:
         """Which model answers a query: "fitted:<kind>" or "roofline" (shown by `kvplan predict`)."""
         if family == "link":
