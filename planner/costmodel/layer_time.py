@@ -27,6 +27,16 @@ RMS_NORM_OPS = 4
 ROPE_OPS = 5
 
 
+def _position_ops(model: ModelConfig, rows: int, width: int, e: int, written_back: bool) -> list[int]:
+    """Bytes of each op that positions a q or k tensor of `rows` x `width` (runtime/model.py
+    `_position_q_or_k`): the per-head norm (Qwen3) and RoPE (rotary models); K is then written back
+    into the fused K,V rows (`_rope_k` / `kv_from_x_into`), one more op."""
+    ops = [2 * rows * width * e] * RMS_NORM_OPS if model.qk_norm else []
+    if model.position_encoding == "rotary":
+        ops += [2 * rows * width * e] * (ROPE_OPS + (1 if written_back else 0))
+    return ops
+
+
 def charges_other_ops(cost: CostModel) -> bool:
     """Whether the layer's small element-wise ops are priced: only on a profile with a fitted
     element-wise model (see the module docstring)."""
@@ -49,10 +59,7 @@ def other_ops_bytes(model: ModelConfig, rows: int, dtype: str) -> list[int]:
     h, q, kv, i = model.hidden_size, model.q_dim, model.kv_dim, model.intermediate_size
     norm = [2 * rows * h * e] * (1 if model.norm == "layernorm" else RMS_NORM_OPS)
     ops = norm + norm
-    if model.qk_norm:
-        ops += [2 * rows * q * e] * RMS_NORM_OPS + [2 * rows * kv * e] * RMS_NORM_OPS
-    if model.position_encoding == "rotary":
-        ops += [2 * rows * q * e] * ROPE_OPS + [2 * rows * kv * e] * (ROPE_OPS + 1)  # + K written back
+    ops += _position_ops(model, rows, q, e, written_back=False) + _position_ops(model, rows, kv, e, written_back=True)
     ops += [2 * rows * 2 * kv * e, 2 * rows * 2 * kv * e, 2 * rows * q * e]
     ops += [3 * rows * h * e] * 2
     biased = []
@@ -95,11 +102,7 @@ def recompute_extra_bytes(model: ModelConfig, batch: int, tokens: int, dtype: st
     ops = [2 * rows * model.hidden_size * e]
     if model.qkv_bias:
         ops.append(2 * rows * 2 * kv * e)
-    if model.qk_norm:
-        ops += [2 * rows * kv * e] * RMS_NORM_OPS
-    if model.position_encoding == "rotary":
-        ops += [2 * rows * kv * e] * (ROPE_OPS + 1)
-    return ops
+    return ops + _position_ops(model, rows, kv, e, written_back=True)
 
 
 def recompute_kv_s(cost: CostModel, model: ModelConfig, batch: int, tokens: int, dtype: str) -> float:
