@@ -173,6 +173,7 @@ def _apply_stated(data: dict[str, Any], models: dict[str, Any], s: Stated) -> No
                 if cls.link == name:
                     models.pop(cls.model_key, None)
             disk.pop("read_time_spread", None)  # measured against the old drive's fitted model
+            disk.pop("compute_slowdown_while_reading", None)  # measured beside the old drive's reads
             _mark(disk, name)
 
 

@@ -93,6 +93,10 @@ class StoragePart:
     # how much slower or faster than the fitted model the disk ran from one round of the profile to the
     # next, as multipliers of a transfer's time (fast <= 1 <= slow); None: not measured
     time_spread: tuple[float, float] | None
+    # compute time beside the disk worker's reads over the same compute alone, measured on CPU-only
+    # machines where the two share the cores and the memory (planner/profiling/measure.py); None: not
+    # measured (datasheet and older profiles), taken as no slowdown
+    compute_slowdown_while_reading: float | None = None
     stated: tuple[str, ...] = ()
 
     def provenance_of(self, field: str) -> str:
@@ -162,6 +166,13 @@ class Profile:
     def disk_time_spread(self) -> tuple[float, float] | None:
         return self.storage.time_spread
 
+    @property
+    def compute_slowdown_while_reading(self) -> float:
+        """How much longer the device's compute takes while the disk worker reads (1.0: no slowdown).
+        Only where the device is the host CPU: a GPU computes on its own while a host thread reads."""
+        measured = self.storage.compute_slowdown_while_reading
+        return measured if self.host_is_device and measured is not None else 1.0
+
 
 def part_provenance(data: dict[str, Any], section: str) -> str:
     """A part's provenance: its own field, else what its profile's kind implies (schema version 1)."""
@@ -203,7 +214,7 @@ def profile_from_dict(data: Any, origin: str = "<profile>") -> Profile:
     )
     spread = (float(k.read_time_spread.fast), float(k.read_time_spread.slow)) if k.read_time_spread else None
     storage = StoragePart(part_provenance(data, "disk"), k.free_bytes, links["disk_read"], links["disk_write"],
-                          spread, tuple(k.stated))
+                          spread, k.compute_slowdown_while_reading, tuple(k.stated))
     return Profile(name=schema.name, kind=schema.kind, device=device, host=host, storage=storage, links=links,
                    data=data)
 

@@ -73,6 +73,8 @@ class DiskSchema(Strict):
     free_bytes: Annotated[int, Field(ge=0, le=MAX_BYTES)]
     path: str | None = None
     read_time_spread: SpreadSchema | None = None
+    # compute time beside the disk worker's reads over the same compute alone (CPU-only profiles)
+    compute_slowdown_while_reading: Annotated[float, Field(ge=0.5, le=10)] | None = None
     stated: list[str] = []
 
 

@@ -16,6 +16,13 @@ Sources: the resources and their overlap are design.md §2 (FlexGen's overlapped
 al., ICML 2023, arXiv:2303.06865); the recompute of K,V[0:l] from X[0:l] and the chain "X arrives,
 then recompute" are KVPR's T(l) (Jiang et al., arXiv:2411.17089; seed 000); the per-layer pipeline
 term is FlexGen's cost model (sum over layers of max(compute, load)).
+
+Compute beside the disk worker: on a CPU-only machine the compute and the thread reading the disk
+share the cores and the memory, and the compute runs r times slower while the disk reads (r is
+measured by `kvplan profile`, planner/profiling/measure.py; 1 on GPUs and on profiles that did not
+measure it). A layer's compute C next to D seconds of reads then takes min(r*C, C + D*(1 - 1/r)) (at
+pace 1/r while the reads last, then alone), so the layer's max(D, compute) is exactly
+max(D, C + (1 - 1/r)*D): linear in C and D. `Pricer.while_reading` gives the added term.
 """
 
 from __future__ import annotations
@@ -126,12 +133,21 @@ class Pricer(Protocol):
     def recompute(self, gpu_batch: int, tokens: Amount) -> Amount:
         """One GPU batch's recompute of K,V for `tokens` positions per sequence, one layer."""
 
+    def while_reading(self, read_s: Amount) -> Amount:
+        """Compute seconds added by `read_s` seconds of disk reads beside it ((1 - 1/r) * read_s)."""
+
+
+def slowdown_term(cost: CostModel) -> float:
+    """1 - 1/r for the profile's measured compute slowdown r while the disk reads (module docstring)."""
+    return 1.0 - 1.0 / cost.profile.compute_slowdown_while_reading
+
 
 class ExactPricer:
     """The full cost models: each transfer pays the link's latency, the recompute GEMM its real shape."""
 
     def __init__(self, cost: CostModel, model: ModelConfig, dtype: str, disk_time_scale: float = 1.0):
         self.cost, self.model, self.dtype, self.disk_time_scale = cost, model, dtype, disk_time_scale
+        self.slowdown = slowdown_term(cost)
 
     def xfer(self, link: str, nbytes: float, count: float = 1) -> float:
         if nbytes <= 0 or count <= 0:
@@ -141,6 +157,9 @@ class ExactPricer:
 
     def recompute(self, gpu_batch: int, tokens: float) -> float:
         return recompute_kv_s(self.cost, self.model, gpu_batch, round(tokens), self.dtype)
+
+    def while_reading(self, read_s: float) -> float:
+        return self.slowdown * read_s
 
 
 class BytePricer:
@@ -152,18 +171,24 @@ class BytePricer:
     def recompute(self, gpu_batch: int, tokens: Amount) -> Amount:
         return 0.0
 
+    def while_reading(self, read_s: Amount) -> Amount:
+        return 0.0
+
 
 class LinearPricer:
     """The MILP's surrogate: bytes over one rate per link, tokens times one recompute rate."""
 
-    def __init__(self, inverse_rate: dict[str, float], recompute_s_per_token: float):
-        self.inverse_rate, self.recompute_s_per_token = inverse_rate, recompute_s_per_token
+    def __init__(self, inverse_rate: dict[str, float], recompute_s_per_token: float, slowdown: float = 0.0):
+        self.inverse_rate, self.recompute_s_per_token, self.slowdown = inverse_rate, recompute_s_per_token, slowdown
 
     def xfer(self, link: str, nbytes: Amount, count: Amount = 1) -> Amount:
         return count * nbytes * self.inverse_rate[link]
 
     def recompute(self, gpu_batch: int, tokens: Amount) -> Amount:
         return tokens * self.recompute_s_per_token
+
+    def while_reading(self, read_s: Amount) -> Amount:
+        return read_s * self.slowdown
 
 
 @lru_cache(maxsize=4096)
@@ -199,7 +224,7 @@ def linear_pricer(st: Setting, combo: Combo, cost: CostModel) -> LinearPricer:
     inverse = {name: 1.0 / _link_rate(cost, name, piece) for name in ("h2d", "d2h", "disk_read", "disk_write")}
     weights = layer_weight_bytes(st.model, st.dtype)
     inverse[WEIGHTS_READ.name] = 1.0 / _link_rate(cost, WEIGHTS_READ.name, weights)
-    return LinearPricer(inverse, _recompute_rate(cost, st.model, combo.gpu_batch, ctx, st.dtype))
+    return LinearPricer(inverse, _recompute_rate(cost, st.model, combo.gpu_batch, ctx, st.dtype), slowdown_term(cost))
 
 
 def activation_io_bytes(st: Setting, combo: Combo, tokens: int) -> int:
@@ -224,6 +249,7 @@ class DecodeTerms:
     disk_read: Amount
     disk_write: Amount
     chain: Amount  # KVPR: X of a GPU batch arrives, then its K,V[0:l] are recomputed (serial)
+    compute_while_reading: Amount  # the part of compute that is its slowdown beside the disk reads
     weights_h2d: Amount  # the part of h2d that is streamed weights
     weights_disk: Amount  # the part of disk_read that is weights read from disk
 
@@ -259,6 +285,8 @@ def decode_terms(st: Setting, combo: Combo, cost: CostModel, a: Amounts, pr: Pri
     weights_disk = pr.xfer(WEIGHTS_READ.name, W, a.layers["disk"])
     disk_read = L * nb * (pr.xfer("disk_read", kv_k) + pr.xfer("disk_read", x_k)) + weights_disk
     disk_write = L * nb * (pr.xfer("disk_write", new_kv_k) + pr.xfer("disk_write", new_x_k))
+    beside = pr.while_reading(disk_read)
+    compute = compute + beside
     weights_h2d = pr.xfer("h2d", W, streamed) if cuda else 0.0
     h2d = d2h = 0.0
     x_arrive = pr.xfer("disk_read", x_k)
@@ -275,7 +303,7 @@ def decode_terms(st: Setting, combo: Combo, cost: CostModel, a: Amounts, pr: Pri
         h2d, d2h = h2d + L * nb * pr.xfer("h2d", act), d2h + L * nb * pr.xfer("d2h", act)
     chain = L * (x_arrive + nb * rc) if dev_att else 0.0
     return DecodeTerms(compute=compute, cpu=cpu, h2d=h2d, d2h=d2h, disk_read=disk_read, disk_write=disk_write,
-                       chain=chain, weights_h2d=weights_h2d, weights_disk=weights_disk)
+                       chain=chain, compute_while_reading=beside, weights_h2d=weights_h2d, weights_disk=weights_disk)
 
 
 def pipeline_s(st: Setting, terms: DecodeTerms, layers: dict[str, int], pr: ExactPricer) -> float:
@@ -288,13 +316,15 @@ def pipeline_s(st: Setting, terms: DecodeTerms, layers: dict[str, int], pr: Exac
     W = layer_weight_bytes(st.model, st.dtype)
     cuda = not st.host_is_device
     disk_kv = (terms.disk - terms.weights_disk) / L  # per layer, without weights
+    read_kv = (terms.disk_read - terms.weights_disk) / L
     h2d_kv = (terms.h2d - terms.weights_h2d) / L
-    own = max(terms.compute, terms.cpu) / L
+    compute_alone = (terms.compute - terms.compute_while_reading) / L
 
     def layer_s(tier: str) -> float:
-        disk_io = disk_kv + (pr.xfer(WEIGHTS_READ.name, W) if tier == "disk" else 0.0)
+        weights = pr.xfer(WEIGHTS_READ.name, W) if tier == "disk" else 0.0
+        compute = compute_alone + pr.while_reading(read_kv + weights)  # this layer's reads beside it
         h2d_io = h2d_kv + (pr.xfer("h2d", W) if cuda and tier != "device" else 0.0)
-        return max(own, disk_io, h2d_io)
+        return max(compute, terms.cpu / L, disk_kv + weights, h2d_io)
 
     return sum(count * layer_s(tier) for tier, count in layers.items() if count)
 

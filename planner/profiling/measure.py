@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import statistics
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,8 +37,10 @@ DEFAULT_DISK_DIR = Path(tempfile.gettempdir()) / "kvplan-kvcache"
 # smoke mode's disk cap leaves one weight record
 OPTIONAL_FITS = ("link.disk_to_device", WEIGHTS_READ.model_key)
 # samples kept for readers (and refits) but not fitted: the disk with nothing else running
-NOT_FITTED = ("link.disk_read_idle", "link.disk_write_idle", "link.disk_read_rounds")
+BESIDE_DISK_SAMPLES = "compute.beside_disk_read"
+NOT_FITTED = ("link.disk_read_idle", "link.disk_write_idle", "link.disk_read_rounds", BESIDE_DISK_SAMPLES)
 BUSY_ARENA_BYTES = 256 << 20  # the compute loop beside the disk probe streams this many bytes of weights
+BUSY_ALONE_CALLS = 9  # calls of the busy loop timed alone before each disk round (about 0.1-0.3 s on a CPU)
 PARTS = ("device", "host", "storage")
 HOST_PARTS = ("host", "storage")  # what `--parts host,storage` measures: no GPU probed
 HOST_STREAM_MIN_BYTES = 64 << 20
@@ -121,6 +124,21 @@ def _busy_work(arena_bytes: int, kernels: Kernels) -> Callable[[], object]:
     return step
 
 
+@dataclass
+class _TimedWork:
+    """The busy compute loop with each call timed: beside the disk reads (disk.busy_thread runs it),
+    its times over the same loop alone are the compute's slowdown while the disk worker reads
+    (the runtime's situation on a CPU-only machine: planner/stepcost.py, `Pricer.while_reading`)."""
+
+    work: Callable[[], object]
+    times_s: list[float] = field(default_factory=list)
+
+    def __call__(self) -> None:
+        t0 = time.perf_counter()
+        self.work()
+        self.times_s.append(time.perf_counter() - t0)
+
+
 def _fit(family: str, samples: SampleSet, dtype_bytes: int = 1) -> dict[str, Any]:
     if len(samples.rows) < 3:
         raise KvplanError(f"too few {family} samples to fit a model ({len(samples.rows)}); try a longer mode")
@@ -191,6 +209,8 @@ class _Session:
     disk_timed: dict = field(default_factory=dict)
     write_timed: dict = field(default_factory=dict)
     round_rows: list = field(default_factory=list)  # [bytes, round, median read time]: the disk's drift
+    # [round, busy loop alone (s), beside the disk reads (s)]: the compute's slowdown while the disk reads
+    beside_rows: list = field(default_factory=list)
     busy: Callable[[], object] | None = None
     disk_method: str = "o_direct"  # set by the disk probes: "o_direct" or "fadvise_dontneed"
 
@@ -250,14 +270,18 @@ class _Session:
         round_budget = m.budget_s["disk"] * 7 / 12 / rounds
         before = {size: len(times[1]) for size, times in self.disk_timed.items()}
         label = f"disk beside compute, round {k + 1}/{rounds} ({self.disk_path})"
+        alone_s = self.busy_alone_s()
+        busy = _TimedWork(self.busy) if self.busy is not None else None
         # both read classes in the same rounds (the same disk, the same moment); each class keeps its
         # own floor, so a loaded machine still gives each class enough sizes to fit
         floor = disk.floor_sizes(sizes.kv_read) | (disk.floor_sizes(sizes.weights_read) if sizes.weights_read
                                                    else set())
         reads, _, _ = disk.disk_samples(self.disk_path, sizes.reads, reps, round_budget * count,
-                                        self.progress(label, count * len(sizes.reads)), busy=self.busy,
+                                        self.progress(label, count * len(sizes.reads)), busy=busy,
                                         passes=count, timed=self.disk_timed, first_round=k, writes=False, floor=floor)
         self.round_rows.extend(disk.round_medians(self.disk_timed, before, k))
+        if busy is not None and busy.times_s and alone_s:
+            self.beside_rows.append([k, alone_s, statistics.median(busy.times_s)])
         # every write the runtime makes goes through its DiskFile (write-backs and prefill alike), which
         # copies into an aligned buffer first: 1-16 MiB went at 1.1-1.3 GB/s that way, 1.6-2.5 GB/s as
         # plain O_DIRECT writes (docs/profiling.md), so link.disk_write is timed through DiskFile at the
@@ -281,12 +305,25 @@ class _Session:
         # each read class is fitted on its own sizes only (planner/disk_classes.py)
         self.samples.update(disk.split_by_class(reads, sizes, (KV_READ, WEIGHTS_READ)))
         self.samples["link.disk_read_rounds"] = SampleSet(["bytes", "round", "time_s"], self.round_rows, 0)
+        if self.beside_rows:
+            self.samples[BESIDE_DISK_SAMPLES] = SampleSet(["round", "alone_s", "beside_s"], self.beside_rows, 0)
         if self.device.type == "cuda" and self.kernels.staging_pool is not None:
             import torch
 
             self.samples["link.disk_to_device"] = disk.disk_to_device_samples(
                 self.disk_path, sizes.reads, reps, m.budget_s["disk"] / 3, self.kernels.staging_pool,
                 torch.cuda.synchronize)
+
+    def busy_alone_s(self) -> float | None:
+        """The busy loop's median time alone (no disk I/O), right before a round times it beside the reads."""
+        if self.busy is None:
+            return None
+        times = []
+        for _ in range(BUSY_ALONE_CALLS):
+            t0 = time.perf_counter()
+            self.busy()
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
 
     # -- compute -----------------------------------------------------------------------------
     def device_gemms(self) -> None:
@@ -445,6 +482,10 @@ def assemble(r: Measured) -> dict[str, Any]:
     spread = disk.time_spread(rounds.rows) if rounds is not None else None
     if spread is not None:
         data["disk"]["read_time_spread"] = spread
+    beside = r.samples.get(BESIDE_DISK_SAMPLES)
+    if beside is not None and beside.rows:
+        data["disk"]["compute_slowdown_while_reading"] = round(
+            statistics.median(b / a for _, a, b in beside.rows), 4)
     if r.device.type == "cuda":
         data["pcie"] = {"generation": r.device.pcie_generation, "width": r.device.pcie_width}
         data["device"]["compute_capability"] = r.device.compute_capability
