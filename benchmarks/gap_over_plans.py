@@ -157,6 +157,11 @@ def main() -> int:
         eff = [1 / r["step_over_lower_bound"] for r in disk_bound]
         print(f"overlap efficiency (lower bound / measured step) on {len(eff)} disk-bound plans: min "
               f"{min(eff):.2f}, median {statistics.median(eff):.2f} (target >= 0.9)")
+    noise = _run_to_run(rows)
+    if noise is not None:
+        print(f"noise floor: a single run's step against its own plan's median run: median {noise[0]:.1f}%, p95 "
+              f"{noise[1]:.1f}% (the same plan, the same code and profile, minutes apart: a gap below this cannot be "
+              "told apart from the machine's drift)")
     adjusted = [abs(r["gap_with_check_ratios_pct"]) for r in rows if r["gap_with_check_ratios_pct"] is not None]
     if adjusted:
         print(f"(secondary, not the target) median |gap with the check's ratios applied| = "
@@ -197,6 +202,17 @@ def _gap_with_ratios(rec: dict) -> float | None:
     if not again:
         return None
     return 100 * (rec["measured"]["decode_step_s"] - again) / again
+
+
+def _run_to_run(rows: list[dict]) -> tuple[float, float] | None:
+    """Median and 95th percentile over all runs of |run / its plan's median run - 1|, in percent."""
+    dev = []
+    for r in rows:
+        med = statistics.median(r["measured_runs_s"])
+        dev += [100 * abs(x / med - 1) for x in r["measured_runs_s"] if x != med]
+    if len(dev) < 2:
+        return None
+    return statistics.median(dev), statistics.quantiles(dev, n=20, method="inclusive")[-1]
 
 
 def _pct(v: float | None) -> str:
