@@ -30,7 +30,7 @@ from typing import Any
 
 from planner.costmodel import CostModel
 from planner.directio import PAGE, align_up
-from planner.disk_classes import KV_READ, WEIGHTS_READ
+from planner.disk_classes import KV_READ, WEIGHTS_READ, DiskClass
 from planner.layer_costs import Gemm, kv_bytes_per_token, layer_gemms, layer_weight_bytes, x_bytes_per_token
 from planner.models import DTYPE_BYTES
 from planner.placement import layer_counts, token_layout
@@ -99,17 +99,18 @@ def check_context(model, gpu_batch: int, context: int, dtype: str) -> int:
     return max(16, min(context, CHECK_OPERAND_MAX_BYTES // per_token - 1))
 
 
-def disk_piece_bytes(plan: Plan, d: Decisions, context: int) -> int:
-    """The largest single read a decode step makes from disk at `context`: one GPU batch's K,V or X
-    piece, or one layer's weights (0 when nothing is read from disk)."""
+def disk_piece(plan: Plan, d: Decisions, context: int) -> tuple[int, DiskClass]:
+    """The largest single read a decode step makes from disk at `context` and its disk class (the model
+    that prices it, planner/disk_classes.py): one GPU batch's K,V or X piece, or one layer's weights
+    (0 bytes when nothing is read from disk)."""
     m, dt = plan.model, d.dtype
     lay = token_layout(d.split_tokens, d.x_placement, d.kv_placement, plan.seq, plan.prompt, max(plan.gen, 1),
                        context)
-    pieces = [d.gpu_batch * kv_bytes_per_token(m, dt) * lay.present["kk"],
-              d.gpu_batch * x_bytes_per_token(m, dt) * lay.present["xk"]]
+    pieces = [(int(d.gpu_batch * kv_bytes_per_token(m, dt) * lay.present["kk"]), KV_READ),
+              (int(d.gpu_batch * x_bytes_per_token(m, dt) * lay.present["xk"]), KV_READ)]
     if layer_counts(d.weight_placement, m.num_layers)["disk"]:
-        pieces.append(layer_weight_bytes(m, dt))
-    return int(max(pieces))
+        pieces.append((layer_weight_bytes(m, dt), WEIGHTS_READ))
+    return max(pieces, key=lambda p: p[0])
 
 
 @dataclass(frozen=True)
@@ -155,7 +156,7 @@ def _attention_probe(cost: CostModel, plan: Plan, d: Decisions, where: Where, co
                  band, source)
 
 
-def _disk_probe(cost: CostModel, piece: int, disk_dir: Path, where: Where, kernels) -> Probe:
+def _disk_probe(cost: CostModel, piece: int, cls: DiskClass, disk_dir: Path, where: Where, kernels) -> Probe:
     size = max(PAGE, align_up(min(piece, CHECK_OPERAND_MAX_BYTES)))
     # the profile timed link.disk_read beside a compute loop on a CPU-only machine (the runtime's
     # situation): the same loop here, or the ratio would compare a quiet disk with a busy one
@@ -170,7 +171,9 @@ def _disk_probe(cost: CostModel, piece: int, disk_dir: Path, where: Where, kerne
     else:
         band, source = _compute_band()
         source += " (the profile records no disk.read_time_spread)"
-    return Probe("disk_read", {"bytes": size}, reads.rows[0][-1], cost.transfer_s("disk_read", size), band, source)
+    # priced by the piece's own class: a layer's weights by link.disk_read_weights, K,V and X pieces by
+    # link.disk_read (a weight read capped at CHECK_OPERAND_MAX_BYTES stays a weight read)
+    return Probe("disk_read", {"bytes": size}, reads.rows[0][-1], cost.transfer_s(cls.name, size), band, source)
 
 
 def profile_age(profile: Profile, path: Path | None, now: datetime | None = None) -> dict[str, Any]:
@@ -208,9 +211,9 @@ def machine_check(plan: Plan, d: Decisions, profile: Profile, where: Where, cont
     kernels = runtime_kernels()
     with torch.inference_mode():
         probes = [_gemm_probe(cost, plan, d, where), _attention_probe(cost, plan, d, where, context, kernels)]
-        piece = disk_piece_bytes(plan, d, context)
+        piece, cls = disk_piece(plan, d, context)
         if piece > 0:
-            probes.append(_disk_probe(cost, piece, disk_dir, where, kernels))
+            probes.append(_disk_probe(cost, piece, cls, disk_dir, where, kernels))
     age = profile_age(profile, profile_path)
     out = {"profile": profile.name, **age, "probes": [p.to_dict() for p in probes],
            "seconds": round(time.perf_counter() - t0, 3)}
