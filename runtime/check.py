@@ -12,7 +12,8 @@ and divides each time by the profile's cost model for the same shape:
 - "attention": one GPU batch's decode attention at the run's average context, where the plan runs it
   (the context cut so the K,V buffer fits CHECK_OPERAND_MAX_BYTES);
 - "disk_read": one read of the largest piece a decode step reads from disk (a GPU batch's K,V, its X,
-  or a layer's weights), at most CHECK_OPERAND_MAX_BYTES, only when the plan reads the disk.
+  or a layer's weights), at most CHECK_OPERAND_MAX_BYTES, priced by its own disk class's model, only
+  when the plan reads the disk.
 
 A ratio of 1.3 means the op took 1.3x the profile's time. Compute ratios beyond COMPUTE_TOLERANCE and
 disk ratios beyond the profile's own read_time_spread are warnings (docs/runtime.md, "Machine check").
