@@ -64,6 +64,10 @@ def load_rows(data_dir: Path) -> pd.DataFrame:
         head_dim = df.n_embd // df.n_head
         tp = df.num_tensor_parallel_workers
         m = df.num_tokens
+        # vidur times a gated MLP's gate and up as ONE GEMM of 2i columns (vidur/profiling/mlp/mlp_impl.py:
+        # one ColumnParallelLinear of 2 * mlp_hidden_dim, "mlp_up_proj"), so that row is predicted at its
+        # own shape: this validates gemm_s on measured shapes, not the layer (kvplan's runtime runs two
+        # GEMMs of i columns, and planner.layer_costs prices those)
         up_width = df.n_expanded_embd * np.where(df.use_gated_mlp, 2, 1)
         shapes = {
             "attn_pre_proj": (m, (df.n_head + 2 * df.n_kv_head) * head_dim // tp, df.n_embd),

@@ -24,7 +24,7 @@ import numpy as np
 
 from planner.costmodel import CostModel
 from planner.jsonio import write_json_atomic
-from planner.layer_costs import Gemm, layer_gemms, recompute_gemm
+from planner.layer_costs import Gemm, layer_gemm_shapes, recompute_gemm
 from planner.models import CATALOG, DTYPE_BYTES
 from planner.profile import find_local_profile, load_profile
 from planner.profiling.modes import get_mode
@@ -51,7 +51,7 @@ def plan_shapes(mode_name: str) -> list[tuple[int, int, int]]:
     for name in EXTRA_MODELS:
         model = CATALOG[name]
         for tokens in TOKENS:
-            for g in [*layer_gemms(model, tokens).values(), recompute_gemm(model, tokens)]:
+            for g in [*layer_gemm_shapes(model, tokens), recompute_gemm(model, tokens)]:
                 if g.n * g.k * 4 <= mode.gemm_max_weight_bytes:
                     shapes.add((g.m, g.n, g.k))
     return sorted(shapes)

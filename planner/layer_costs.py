@@ -82,15 +82,33 @@ class Gemm:
         return 2 * self.m * self.n * self.k
 
 
-def layer_gemms(model: ModelConfig, tokens: int) -> dict[str, Gemm]:
-    """The projection GEMMs of one layer for `tokens` rows (batch x new tokens)."""
+@dataclass(frozen=True)
+class Projection:
+    """One GEMM the runtime runs in a layer (runtime/model.py): `weight` names the weight it multiplies
+    by, as the runtime's layer dict does, and `op` the layer op it is priced under (OP_NAMES)."""
+
+    op: str
+    weight: str
+    gemm: Gemm
+
+
+def layer_projections(model: ModelConfig, tokens: int) -> tuple[Projection, ...]:
+    """The projection GEMMs of one layer for `tokens` rows (batch x new tokens), one per GEMM the
+    runtime runs. A gated MLP's up projection is two GEMMs of `i` columns, gate and up (runtime/model.py
+    `finish_layer`, as Hugging Face's LlamaMLP), not one of 2*i: both are priced under `mlp_up`."""
     h, q, kv, i = model.hidden_size, model.q_dim, model.kv_dim, model.intermediate_size
-    return {
-        "qkv_proj": Gemm(tokens, q + 2 * kv, h),
-        "o_proj": Gemm(tokens, h, q),
-        "mlp_up": Gemm(tokens, (2 if model.gated_mlp else 1) * i, h),
-        "mlp_down": Gemm(tokens, h, i),
-    }
+    up = (("gate", "up") if model.gated_mlp else ("fc1",))
+    return (
+        Projection("qkv_proj", "wqkv", Gemm(tokens, q + 2 * kv, h)),
+        Projection("o_proj", "wo", Gemm(tokens, h, q)),
+        *(Projection("mlp_up", name, Gemm(tokens, i, h)) for name in up),
+        Projection("mlp_down", "down" if model.gated_mlp else "fc2", Gemm(tokens, h, i)),
+    )
+
+
+def layer_gemm_shapes(model: ModelConfig, tokens: int) -> list[Gemm]:
+    """Every GEMM shape a layer runs for `tokens` rows (gate and up once: the same shape)."""
+    return list(dict.fromkeys(p.gemm for p in layer_projections(model, tokens)))
 
 
 def recompute_gemm(model: ModelConfig, tokens: int) -> Gemm:
@@ -114,7 +132,9 @@ def op_flops(model: ModelConfig, batch: int, query_tokens: int, context: int) ->
     """FLOPs of each op of one layer when `batch` sequences each add `query_tokens` tokens after
     `context` cached ones. Decode is query_tokens=1; prefill is context=0, query_tokens=prompt."""
     rows = batch * query_tokens
-    flops = {name: g.flops for name, g in layer_gemms(model, rows).items()}
+    flops: dict[str, int] = {}
+    for p in layer_projections(model, rows):
+        flops[p.op] = flops.get(p.op, 0) + p.gemm.flops
     if model.qkv_bias:
         flops["qkv_proj"] += rows * (model.q_dim + 2 * model.kv_dim)
     if model.o_bias:

@@ -8,7 +8,8 @@ GEMM, the runtime's decode attention over a cold K,V buffer, the O_DIRECT read b
 and divides each time by the profile's cost model for the same shape:
 
 - "gemm": the plan's largest projection GEMM (batch rows) whose weight fits CHECK_OPERAND_MAX_BYTES
-  (a larger one keeps its rows and input width, with fewer output columns);
+  (a larger one keeps its rows and input width, with fewer output columns), among the GEMMs the
+  runtime runs: a gated MLP's gate and up are two GEMMs (planner.layer_costs.layer_projections);
 - "attention": one GPU batch's decode attention at the run's average context, where the plan runs it
   (the context cut so the K,V buffer fits CHECK_OPERAND_MAX_BYTES);
 - "disk_read": one read of the largest piece a decode step reads from disk (a GPU batch's K,V, its X,
@@ -32,7 +33,7 @@ from typing import Any
 from planner.costmodel import CostModel
 from planner.directio import PAGE, align_up
 from planner.disk_classes import KV_READ, WEIGHTS_READ, DiskClass
-from planner.layer_costs import Gemm, kv_bytes_per_token, layer_gemms, layer_weight_bytes, x_bytes_per_token
+from planner.layer_costs import Gemm, kv_bytes_per_token, layer_gemm_shapes, layer_weight_bytes, x_bytes_per_token
 from planner.models import DTYPE_BYTES
 from planner.placement import layer_counts, token_layout
 from planner.plan import Decisions, Plan
@@ -83,10 +84,10 @@ def _compute_band() -> tuple[tuple[float, float], str]:
 
 
 def check_gemm(model, rows: int, dtype: str) -> Gemm:
-    """The plan's largest projection whose weight fits CHECK_OPERAND_MAX_BYTES, else the smallest with
-    its output columns cut to fit (a multiple of 64)."""
+    """The plan's largest projection GEMM, as the runtime runs it, whose weight fits
+    CHECK_OPERAND_MAX_BYTES, else the smallest with its output columns cut to fit (a multiple of 64)."""
     elem = DTYPE_BYTES[dtype]
-    gemms = sorted(layer_gemms(model, rows).values(), key=lambda g: (g.n * g.k, g.n, g.k))
+    gemms = sorted(layer_gemm_shapes(model, rows), key=lambda g: (g.n * g.k, g.n, g.k))
     fitting = [g for g in gemms if g.n * g.k * elem <= CHECK_OPERAND_MAX_BYTES]
     if fitting:
         return fitting[-1]

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from planner.costmodel import CostModel, fitted
-from planner.layer_costs import layer_gemms
+from planner.layer_costs import Gemm
 from planner.models import load_model
 from planner.profile import load_profile, profile_from_dict
 
@@ -45,8 +45,9 @@ def test_measured_profile_answers_from_its_fitted_models(local_profile_path):
     assert cost.source("gemm", "cpu", "float32").startswith("fitted:")  # the CPU is the device here
     assert cost.source("link", "disk_read").startswith("fitted:")
     model = load_model("llama-2-13b")
-    small = cost.gemm_s(layer_gemms(model, 1)["mlp_up"], "float32")
-    big = cost.gemm_s(layer_gemms(model, 4096)["mlp_up"], "float32")
+    h, i = model.hidden_size, model.intermediate_size  # the MLP's up projection, one row and 4,096
+    small = cost.gemm_s(Gemm(1, i, h), "float32")
+    big = cost.gemm_s(Gemm(4096, i, h), "float32")
     assert 0 < small < big
     assert cost.transfer_s("disk_read", 1 << 30) > cost.transfer_s("disk_read", 1 << 20) > 0
 
@@ -163,7 +164,8 @@ def test_cuda_profile_assembly_without_a_gpu(monkeypatch, tmp_path):
     assert set(profile.links) >= {"h2d", "d2h", "h2d_pageable", "d2h_pageable", "disk_read", "disk_write"}
     assert data["name"].endswith("nvidia-fake-80gb")
     cost = CostModel(profile)
-    g = layer_gemms(load_model("llama-2-7b"), 64)["mlp_up"]
+    llama = load_model("llama-2-7b")
+    g = Gemm(64, llama.intermediate_size, llama.hidden_size)  # its MLP's up projection at 64 rows
     # the CPU helper answers from its own (200x slower) models
     assert cost.gemm_s(g, "float32", where="cpu") > 50 * cost.gemm_s(g, "float32", where="device")
 

@@ -16,7 +16,7 @@ plans, which moves the shipped plans/ and docs/planner.md's tables (docs/cost-mo
 from __future__ import annotations
 
 from planner.costmodel.cost_model import CostModel
-from planner.layer_costs import layer_gemms, recompute_gemm
+from planner.layer_costs import layer_projections, recompute_gemm
 from planner.models import DTYPE_BYTES, ModelConfig
 
 # RMSNorm as runtime/model.py `_rms` writes it: pow, mean, times rsqrt, times the gain (4 torch ops);
@@ -80,7 +80,9 @@ def layer_op_times_s(
     """Seconds per op for `batch` sequences adding `query_tokens` tokens after `context` cached ones,
     the layer's weights cold (read from memory, as the runtime meets them once per layer and step)."""
     rows = batch * query_tokens
-    times = {name: cost.gemm_s(g, dtype) for name, g in layer_gemms(model, rows).items()}
+    times: dict[str, float] = {}
+    for p in layer_projections(model, rows):  # a gated MLP's mlp_up: the gate and the up GEMM
+        times[p.op] = times.get(p.op, 0.0) + cost.gemm_s(p.gemm, dtype)
     width = model.intermediate_size
     # activation reads the up (and gate) output and writes one tensor of rows x i
     act_bytes = rows * width * ((2 if model.gated_mlp else 1) + 1) * DTYPE_BYTES[dtype]

@@ -1,5 +1,6 @@
-"""Probe sizes taken from the catalog models' real shapes: the projection GEMMs of a decode step
-and of KV recompute (planner.layer_costs), attention of one new token over long contexts, the
+"""Probe sizes taken from the catalog models' real shapes: the projection GEMMs of a decode step as
+the runtime runs them (planner.layer_costs: a gated MLP's gate and up are two GEMMs of i columns) and
+of KV recompute, attention of one new token over long contexts, the
 activation of the MLP, and one layer's KV, X and weights as transfer sizes; on the disk one size list
 per disk class (planner/disk_classes.py): K,V/X pieces, weight records, write-backs."""
 
@@ -10,7 +11,7 @@ from dataclasses import dataclass
 from planner.disk_classes import KV_READ, WEIGHTS_READ, WRITE, DiskClass
 from planner.layer_costs import (
     kv_bytes_per_token,
-    layer_gemms,
+    layer_gemm_shapes,
     layer_weight_bytes,
     recompute_gemm,
     x_bytes_per_token,
@@ -53,7 +54,7 @@ def gemm_shapes(mode: Mode) -> list[tuple[int, int, int]]:
     models = _models(mode.gemm_models)
     for i, model in enumerate(models):
         for tokens in _gemm_rows(mode, i):
-            gemms = list(layer_gemms(model, tokens).values()) + [recompute_gemm(model, tokens)]
+            gemms = [*layer_gemm_shapes(model, tokens), recompute_gemm(model, tokens)]
             for g in gemms:
                 if g.n * g.k * F32 <= mode.gemm_max_weight_bytes:
                     shapes.add((g.m, g.n, g.k))
