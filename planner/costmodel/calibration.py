@@ -18,8 +18,8 @@ Source: per-operator A100 timings measured with microsoft/vidur (MIT licence), r
   copies), the rows under 64 tokens (decode's sizes; 170 of 5,217) weighted to count as much as the
   rest together; held-out median error 11.4% on all rows, 8.5% below 64 tokens (the constants fitted
   before on the fused activation kernel, `mlp_act`, missed these rows by 86% and 79%: that kernel is
-  sarathi's SiluAndMul, one thread block per token, at half the bandwidth and a 7-24 us cost at few
-  tokens that grows with its width, not what an eager torch op does). Other GPUs use these A100
+  sarathi's SiluAndMul, one thread block per token: half the bandwidth, and 2-24 us at few tokens in
+  proportion to its width per shard, not what an eager torch op does). Other GPUs use these A100
   constants with their own bandwidth: an assumption.
 - Attention constants without an SM count (prefill, and decode on profiles that lack one): fitted
   on all 18 Llama-2-7b attention rows (10 decode batches 1-128 at 2,048 cached tokens, 8 prefill
