@@ -168,6 +168,22 @@ def test_a_datasheet_gpu_layer_charges_its_element_wise_ops_at_the_calibrated_fl
         cost.gemm_s(_recompute_gemm(opt, 100), "float16") + extra, rel=1e-9)
 
 
+def test_a_cpu_without_a_fitted_element_wise_model_does_not_charge_the_layer_ops():
+    import copy
+    import json
+
+    from planner.costmodel import CostModel
+    from planner.costmodel.layer_time import charges_other_ops
+    from planner.profile import REPO_ROOT, profile_from_dict
+
+    data = json.loads((REPO_ROOT / "docs" / "profile_quick_idle.json").read_text())  # a measured CPU
+    assert charges_other_ops(CostModel(profile_from_dict(copy.deepcopy(data))))
+    del data["cost_models"]["elementwise.device"]  # the same CPU, its element-wise op unmeasured
+    cost = CostModel(profile_from_dict(data))
+    assert not charges_other_ops(cost)
+    assert layer_op_times_s(cost, load_model("opt-125m"), 4, 1, 100, "float32")["other_ops"] == 0.0
+
+
 def _recompute_gemm(model, rows):
     from planner.layer_costs import recompute_gemm
 
