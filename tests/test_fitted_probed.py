@@ -184,6 +184,15 @@ def test_a_cpu_without_a_fitted_element_wise_model_does_not_charge_the_layer_ops
     assert layer_op_times_s(cost, load_model("opt-125m"), 4, 1, 100, "float32")["other_ops"] == 0.0
 
 
+def test_a_gpu_other_than_the_a100_lists_the_a100_calibration_among_its_assumed_numbers():
+    from planner.hardware import assumed_numbers
+    from planner.profile import load_profile
+
+    t4, a100 = (" ".join(assumed_numbers(load_profile(gpu=g))) for g in ("t4", "a100-40g-pcie"))
+    assert "calibrated on an A100, not on Tesla T4" in t4
+    assert "calibrated on an A100" not in a100
+
+
 def _recompute_gemm(model, rows):
     from planner.layer_costs import recompute_gemm
 

@@ -40,6 +40,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# the GPU whose timings fitted CALIBRATED (its datasheet profiles' device names contain it); on any
+# other GPU the constants are an assumption, listed with the plan's assumed numbers (planner/hardware.py)
+CALIBRATED_GPU = "A100"
+
 
 @dataclass(frozen=True)
 class SustainedRates:
