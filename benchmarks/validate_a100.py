@@ -13,7 +13,9 @@ Held out:
 Predictors: "shipped" = planner/costmodel/calibration.py's CALIBRATED through the roofline (what
 every datasheet profile predicts); "refit" = the same formulas with constants fitted now;
 "fitted regression" = planner.costmodel.fitted on the training rows (GEMMs and element-wise);
-"previous" = the roofline this replaced (hand-set / single-GPU fractions, kept here only to compare).
+"previous" = the roofline this replaced (hand-set / single-GPU fractions, kept here only to compare);
+"before" (element-wise classes) = the element-wise constants fitted on the fused activation rows, which
+the torch add rows replaced.
 
     python benchmarks/validate_a100.py [--data DIR] [--calibrate] [--json FILE]
 
@@ -49,14 +51,27 @@ GEMM_FIELDS = ("gemm_compute_fraction", "gemm_memory_fraction", "overlap_exponen
 ATTENTION_FIELDS = ("decode_attention_memory_fraction", "decode_attention_floor_s",
                     "prefill_attention_compute_fraction", "prefill_attention_floor_s")
 WAVE_FIELDS = ("decode_attention_wave_memory_fraction", "decode_attention_wave_floor_s")
+# element-wise rows: "add" is torch's own element-wise kernel (the residual add, eager, like every small op
+# of kvplan's runtime): the element-wise constants are fitted on it; "mlp_act" is sarathi's fused
+# activation kernel (SiluAndMul, one thread block per token; GELU for phi-2), scored, not fitted
+ELEMENTWISE_OPS = ("add", "mlp_act")
+FITTED_ELEMENTWISE = "add"
+# the models whose block adds attention, MLP and residual in one expression (vidur's GPTBlock without a
+# post-attention norm: `attn_outputs + feed_forward_hidden_states + residual`, two add kernels)
+PARALLEL_BLOCK = ("phi-2",)
+# the element-wise constants as they were fitted on the fused activation rows (mlp_act) before the add rows
+# replaced them: the "before" column of the element-wise classes
+MLP_ACT_FITTED = dataclasses.replace(CALIBRATED, elementwise_memory_fraction=0.5128, elementwise_floor_s=3.107e-06)
+SMALL_TOKENS = 64  # "small" rows: fewer tokens than this (decode's element-wise ops are of this size)
 UNITS_PER_SM = (1, 2, 3, 4)  # the candidates for decode_attention_units_per_sm (an integer: picked, not fitted)
 
 
 # -- data ----------------------------------------------------------------------------------------
 def load_rows(data_dir: Path) -> pd.DataFrame:
     """One row per (model, tensor-parallel degree, num_tokens, op) with the GEMM shape of one shard
-    (vidur's column/row-parallel layers) and the median time in seconds; `mlp_act` rows carry the
-    activation's bytes in `n`."""
+    (vidur's column/row-parallel layers) and the median time in seconds; the element-wise rows
+    (`ELEMENTWISE_OPS`) carry the bytes one kernel reads and writes in `n`, and how many kernels the
+    timed region launched in `kernels`."""
     frames = []
     for path in sorted(data_dir.glob("*.mlp.csv")):
         df = pd.read_csv(path)
@@ -76,11 +91,17 @@ def load_rows(data_dir: Path) -> pd.DataFrame:
             "mlp_down_proj": (m, df.n_embd, df.n_expanded_embd // tp),
         }
         for op, (mm, nn, kk) in shapes.items():
-            frames.append(pd.DataFrame({"model": name, "op": op, "tp": tp, "m": mm, "n": nn, "k": kk,
+            frames.append(pd.DataFrame({"model": name, "op": op, "tp": tp, "m": mm, "n": nn, "k": kk, "kernels": 1,
                                         "time_s": df[f"time_stats.{op}.median"] / 1e3}))
         act_bytes = m * df.n_expanded_embd // tp * (np.where(df.use_gated_mlp, 2, 1) + 1) * FP16_BYTES
         frames.append(pd.DataFrame({"model": name, "op": "mlp_act", "tp": tp, "m": m, "n": act_bytes, "k": 0,
-                                    "time_s": df["time_stats.mlp_act.median"] / 1e3}))
+                                    "kernels": 1, "time_s": df["time_stats.mlp_act.median"] / 1e3}))
+        # the residual add: torch's own element-wise kernel over the full hidden size (o_proj and
+        # down_proj keep n_embd per shard), reading two tensors and writing one; two kernels where
+        # the block adds attention, MLP and residual at once (PARALLEL_BLOCK)
+        frames.append(pd.DataFrame({"model": name, "op": "add", "tp": tp, "m": m, "n": 3 * m * df.n_embd * FP16_BYTES,
+                                    "k": 0, "kernels": 2 if name in PARALLEL_BLOCK else 1,
+                                    "time_s": df["time_stats.add.median"] / 1e3}))
     if not frames:
         raise SystemExit(f"no *.mlp.csv files under {data_dir}")
     rows = pd.concat(frames, ignore_index=True)
@@ -111,11 +132,12 @@ def load_attention(data_dir: Path) -> pd.DataFrame:
 
 # -- predictions -----------------------------------------------------------------------------------
 def gemm_table_times(rows: pd.DataFrame, rates: SustainedRates, peak_tflops: float, gb_per_s: float) -> np.ndarray:
-    """The roofline over a table of GEMM and mlp_act rows (vectorised)."""
+    """The roofline over a table of GEMM and element-wise rows (vectorised); an element-wise row is
+    `kernels` kernels of `n` bytes each."""
     m, n, k = (rows[c].to_numpy(dtype=float) for c in ("m", "n", "k"))
-    act = (rows.op == "mlp_act").to_numpy()
+    elementwise = rows.op.isin(ELEMENTWISE_OPS).to_numpy()
     gemm = roofline.gemm_time_s(m, n, k, FP16_BYTES, peak_tflops, gb_per_s, rates)
-    return np.where(act, roofline.elementwise_time_s(n, gb_per_s, rates), gemm)
+    return np.where(elementwise, rows.kernels.to_numpy() * roofline.elementwise_time_s(n, gb_per_s, rates), gemm)
 
 
 def attention_table_times(att: pd.DataFrame, rates: SustainedRates, peak_tflops: float, gb_per_s: float,
@@ -137,20 +159,24 @@ def previous_times(rows: pd.DataFrame, att: pd.DataFrame, peak: float, bw: float
     m, n, k = (rows[c].to_numpy(dtype=float) for c in ("m", "n", "k"))
     compute = 2 * m * n * k / (peak * 1e12 * 0.7398 * m / (m + 98.73))
     memory = FP16_BYTES * (m * k + k * n + m * n) / (bw * 1e9 * 0.7373)
-    gemm = 3.46e-6 + np.where((rows.op == "mlp_act").to_numpy(), n / (bw * 1e9 * 0.5176), np.maximum(compute, memory))
+    elementwise = rows.op.isin(ELEMENTWISE_OPS).to_numpy()
+    gemm = 3.46e-6 + np.where(elementwise, n / (bw * 1e9 * 0.5176), np.maximum(compute, memory))
+    gemm = gemm * rows.kernels.to_numpy()
     attn = 3.46e-6 + np.maximum(att.flops / (peak * 1e12 * 0.7398), att.kv_bytes / (bw * 1e9 * 0.6)).to_numpy()
     return gemm, attn
 
 
 def regression_times(train: pd.DataFrame, rows: pd.DataFrame) -> np.ndarray:
     """planner.costmodel.fitted's regressions, fitted on `train`, predicting `rows`."""
-    gemm, act = train[train.op != "mlp_act"], train[train.op == "mlp_act"]
-    models = {"gemm": fitted.fit("gemm", gemm[["m", "n", "k", "time_s"]].to_numpy(), FP16_BYTES),
-              "elementwise": fitted.fit("elementwise", act[["n", "time_s"]].to_numpy())}
+    gemm = train[~train.op.isin(ELEMENTWISE_OPS)]
     out = np.empty(len(rows))
-    is_act = (rows.op == "mlp_act").to_numpy()
-    out[~is_act] = fitted.predict_many(models["gemm"], rows.loc[~is_act, ["m", "n", "k"]].to_numpy())
-    out[is_act] = fitted.predict_many(models["elementwise"], rows.loc[is_act, ["n"]].to_numpy())
+    is_gemm = ~rows.op.isin(ELEMENTWISE_OPS).to_numpy()
+    model = fitted.fit("gemm", gemm[["m", "n", "k", "time_s"]].to_numpy(), FP16_BYTES)
+    out[is_gemm] = fitted.predict_many(model, rows.loc[is_gemm, ["m", "n", "k"]].to_numpy())
+    for op in ELEMENTWISE_OPS:  # each kernel its own regression (time per kernel against its bytes)
+        fit, sel = train[train.op == op], (rows.op == op).to_numpy()
+        model = fitted.fit("elementwise", np.column_stack([fit.n, fit.time_s / fit.kernels]))
+        out[sel] = fitted.predict_many(model, rows.loc[sel, ["n"]].to_numpy()) * rows.kernels.to_numpy()[sel]
     return out
 
 
@@ -162,15 +188,26 @@ def _least_squares(resid, start: list[float], lower: list[float], upper: list[fl
     return least_squares(resid, np.array(start), bounds=(lower, upper), x_scale=scale).x
 
 
+def fit_weights(rows: pd.DataFrame) -> np.ndarray:
+    """Each row's weight in the calibration's residuals: 1, except that the small element-wise rows
+    (fewer than SMALL_TOKENS tokens: a handful among thousands, and the size of decode's ops) are weighted
+    so that together they count as much as the element-wise rest (weight sqrt(rest / small))."""
+    ew = (rows.op == FITTED_ELEMENTWISE).to_numpy()
+    small = ew & (rows.m < SMALL_TOKENS).to_numpy()
+    weight = np.sqrt((ew & ~small).sum() / max(int(small.sum()), 1))
+    return np.where(small, weight, 1.0)
+
+
 def calibrate_gemm(train: pd.DataFrame, peak: float, bw: float, base: SustainedRates = CALIBRATED) -> SustainedRates:
-    """f_c, f_m, n, the launch cost, f_e and the element-wise floor by least squares on
-    log(predicted / measured) over `train`."""
-    y = train.time_s.to_numpy()
+    """f_c, f_m, n, the launch cost, f_e and the element-wise floor by least squares on the weighted
+    log(predicted / measured) over `train`'s GEMM rows and FITTED_ELEMENTWISE rows (`fit_weights`)."""
+    train = train[~train.op.isin(ELEMENTWISE_OPS) | (train.op == FITTED_ELEMENTWISE)]
+    y, w = train.time_s.to_numpy(), fit_weights(train)
 
     def rates(p: np.ndarray) -> SustainedRates:
         return dataclasses.replace(base, **dict(zip(GEMM_FIELDS, (float(v) for v in p), strict=True)))
 
-    p = _least_squares(lambda p: np.log(gemm_table_times(train, rates(p), peak, bw) / y),
+    p = _least_squares(lambda p: w * np.log(gemm_table_times(train, rates(p), peak, bw) / y),
                        [0.7, 0.7, 2.0, 5e-6, 0.6, 5e-6], [0.05, 0.05, 0.5, 0.0, 0.05, 0.0],
                        [1.0, 1.0, 20.0, 1e-3, 1.0, 1e-3])
     return rates(p)
@@ -256,7 +293,7 @@ def _attention_entry(label: str, sel: np.ndarray, att: pd.DataFrame, shipped: np
     y = att.time_s.to_numpy()[sel]
     return {"class": label, "rows": int(sel.sum()), "held out": "leave one out",
             "shipped": float(np.median(ape(shipped[sel], y))), "refit": float(np.median(np.abs(loo[sel]))),
-            "regression": None, "previous": float(np.median(ape(previous[sel], y)))}
+            "regression": None, "previous": float(np.median(ape(previous[sel], y))), "before": None}
 
 
 def summary(data_dir: Path, peak: float, bw: float, sm_count: int) -> dict:
@@ -271,13 +308,17 @@ def summary(data_dir: Path, peak: float, bw: float, sm_count: int) -> dict:
     y = test.time_s.to_numpy()
     prev_gemm, prev_attn = previous_times(test, att, peak, bw)
     preds = {"shipped": gemm_table_times(test, CALIBRATED, peak, bw), "refit": gemm_table_times(test, refit, peak, bw),
-             "regression": regression_times(train, test), "previous": prev_gemm}
+             "regression": regression_times(train, test), "previous": prev_gemm,
+             "before": gemm_table_times(test, MLP_ACT_FITTED, peak, bw)}
     shipped_flat = attention_table_times(att, CALIBRATED, peak, bw)
     shipped_attn = attention_table_times(att, CALIBRATED, peak, bw, sm_count)
     table = []
-    is_act = (test.op == "mlp_act").to_numpy()
-    for label, mask in (("GEMMs", ~is_act), ("element-wise", is_act)):
-        for name, tokens in (("", np.ones(len(test), bool)), (", < 64 tokens", (test.m < 64).to_numpy())):
+    classes = (("GEMMs", ~test.op.isin(ELEMENTWISE_OPS)), ("element-wise (torch add)", test.op == "add"),
+               ("fused activation (not fitted)", test.op == "mlp_act"))
+    for label, mask in classes:
+        mask = mask.to_numpy()
+        small = (test.m < SMALL_TOKENS).to_numpy()
+        for name, tokens in (("", np.ones(len(test), bool)), (f", < {SMALL_TOKENS} tokens", small)):
             sel = mask & tokens
             entry = {"class": label + name, "rows": int(sel.sum()), "held out": "3 models"}
             entry.update({k: float(np.median(ape(v[sel], y[sel]))) for k, v in preds.items()})
@@ -296,7 +337,7 @@ def summary(data_dir: Path, peak: float, bw: float, sm_count: int) -> dict:
 
 
 def print_summary(result: dict) -> None:
-    names = ("shipped", "refit", "regression", "previous")
+    names = ("shipped", "refit", "regression", "previous", "before")
     print("| op class | rows | held out | " + " | ".join(names) + " |")
     print("|" + "---|" * (3 + len(names)))
     for e in result["table"]:
@@ -319,7 +360,8 @@ def print_summary(result: dict) -> None:
               f"{r['wave_max'] * 100:.1f}% | {r['flat_median'] * 100:.1f}% | {r['flat_max'] * 100:.1f}% |")
 
 
-FITTED = ("fitted constants: 6 for GEMMs and element-wise ops (on the training models), 4 for attention without "
+FITTED = ("fitted constants: 6 for GEMMs and element-wise ops (on the training models' GEMM and torch add rows, "
+          f"the add rows under {SMALL_TOKENS} tokens weighted), 4 for attention without "
           "an SM count (2 prefill, 2 decode), 3 for the decode wave model (f_w and the floor by least squares, "
           f"units per SM picked from {', '.join(map(str, UNITS_PER_SM))}); plus the overlap exponent shared by all")
 

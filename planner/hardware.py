@@ -13,6 +13,7 @@ import copy
 from dataclasses import dataclass, fields
 from typing import Any
 
+from planner.costmodel.calibration import CALIBRATED_GPU
 from planner.disk_classes import DISK_CLASSES, STORAGE_MODEL_KEYS
 from planner.errors import KvplanError
 from planner.profile import (
@@ -207,6 +208,10 @@ def assumed_numbers(profile: Profile, dtype: str | None = None) -> list[str]:
     out = []
     if profile.device.provenance == "assumed":
         out.append(f"device {profile.device.name} (every number)")
+    if profile.device_type == "cuda" and profile.device.provenance != "measured" \
+            and CALIBRATED_GPU not in profile.device_name:  # the roofline's constants came from another GPU
+        out.append(f"GPU kernel rates (roofline fractions and fixed costs, a layer's element-wise ops included) "
+                   f"calibrated on an {CALIBRATED_GPU}, not on {profile.device_name}")
     host, disk = profile.host, profile.storage
     dtypes = [dtype] if dtype else sorted(host.peak_tflops)
     if not host.shared_with_device:

@@ -124,9 +124,22 @@ def test_a100_gemms_of_held_out_models_within_20_percent(bench):
     rows = mod.load_rows(data)
     test = rows[rows.model.isin(mod.HELD_OUT) & (rows.tp == 1)].reset_index(drop=True)
     errors = mod.ape(mod.gemm_table_times(test, CALIBRATED, peak, bw), test.time_s)
-    is_act = (test.op == "mlp_act").to_numpy()
-    assert np.median(errors[~is_act]) < 0.20  # GEMMs; 5.2% at calibration
-    assert np.median(errors[is_act]) < 0.20  # element-wise; 5.7% at calibration
+    is_gemm = ~test.op.isin(mod.ELEMENTWISE_OPS).to_numpy()
+    assert np.median(errors[is_gemm]) < 0.20  # GEMMs; 5.2% at calibration
+
+
+def test_a100_small_element_wise_kernels_of_held_out_models_within_15_percent(bench):
+    # torch's add kernel (the kind every small op of the runtime launches) on the models the constants
+    # never saw: 11.4% on all rows, 8.5% under 64 tokens at calibration (the constants fitted on the
+    # fused activation kernel instead missed them by 86% and 79%)
+    mod, data, peak, bw, _ = bench
+    rows = mod.load_rows(data)
+    test = rows[rows.model.isin(mod.HELD_OUT) & (rows.op == "add")].reset_index(drop=True)
+    errors = mod.ape(mod.gemm_table_times(test, CALIBRATED, peak, bw), test.time_s)
+    small = (test.m < mod.SMALL_TOKENS).to_numpy()
+    assert small.sum() == 120
+    assert np.median(errors[small]) < 0.15
+    assert np.median(errors) < 0.20
 
 
 def test_a100_attention_left_out_rows_within_20_percent(bench):

@@ -143,15 +143,54 @@ def test_other_ops_are_one_elementwise_query_per_runtime_op():
     assert recompute_extra_bytes(opt, 4, 100, "float32")[0] == 2 * 400 * h * 4
 
 
-def test_datasheet_profiles_do_not_charge_the_other_ops_yet():
+def test_a_datasheet_gpu_layer_charges_its_element_wise_ops_at_the_calibrated_floor_and_rate():
     from planner.costmodel import CostModel
+    from planner.costmodel.calibration import CALIBRATED
     from planner.profile import load_profile
 
-    cost = CostModel(load_profile(gpu="a100-40g-pcie"))
-    opt = load_model("opt-6.7b")
-    assert layer_op_times_s(cost, opt, 64, 1, 1000, "float16")["other_ops"] == 0.0
-    assert recompute_kv_s(cost, opt, 64, 1000, "float16") == pytest.approx(
-        cost.gemm_s(_recompute_gemm(opt, 64 * 1000), "float16"))
+    profile = load_profile(gpu="a100-40g-pcie")
+    cost = CostModel(profile)
+    rate = profile.device_memory_gb_per_s * 1e9 * CALIBRATED.elementwise_memory_fraction
+    floor = CALIBRATED.elementwise_floor_s
+    opt = load_model("opt-6.7b")  # h = q = kv = 4096, i = 16384; LayerNorm, biased, no RoPE
+    # one token, fp16, counted by hand from runtime/model.py: 2 LayerNorms (read + write 4,096 x 2 B),
+    # K,V made contiguous and written to the store (read + write 8,192 x 2 B, twice), the attention
+    # outputs concatenated (4,096), 2 residual adds (read 2, write 1), the biases of qkv (12,288),
+    # o (4,096), fc1 (16,384) and fc2 (4,096), each read + written: 11 kernels
+    kernels = 2 + 2 + 1 + 2 + 4
+    nbytes = 2 * 16384 + 2 * 32768 + 16384 + 2 * 24576 + 4 * (12288 + 4096 + 16384 + 4096)
+    expected = kernels * floor + nbytes / rate
+    assert expected == pytest.approx(11 * 1.8e-6, rel=0.02)  # decode's ops are their fixed costs
+    assert layer_op_times_s(cost, opt, 1, 1, 1000, "float16")["other_ops"] == pytest.approx(expected, rel=1e-9)
+    # the recompute of 100 tokens adds the X parts concatenated and the K,V bias (2 kernels)
+    extra = 2 * floor + (2 * 100 * 4096 * 2 + 2 * 100 * 8192 * 2) / rate
+    assert recompute_kv_s(cost, opt, 1, 100, "float16") == pytest.approx(
+        cost.gemm_s(_recompute_gemm(opt, 100), "float16") + extra, rel=1e-9)
+
+
+def test_a_cpu_without_a_fitted_element_wise_model_does_not_charge_the_layer_ops():
+    import copy
+    import json
+
+    from planner.costmodel import CostModel
+    from planner.costmodel.layer_time import charges_other_ops
+    from planner.profile import REPO_ROOT, profile_from_dict
+
+    data = json.loads((REPO_ROOT / "docs" / "profile_quick_idle.json").read_text())  # a measured CPU
+    assert charges_other_ops(CostModel(profile_from_dict(copy.deepcopy(data))))
+    del data["cost_models"]["elementwise.device"]  # the same CPU, its element-wise op unmeasured
+    cost = CostModel(profile_from_dict(data))
+    assert not charges_other_ops(cost)
+    assert layer_op_times_s(cost, load_model("opt-125m"), 4, 1, 100, "float32")["other_ops"] == 0.0
+
+
+def test_a_gpu_other_than_the_a100_lists_the_a100_calibration_among_its_assumed_numbers():
+    from planner.hardware import assumed_numbers
+    from planner.profile import load_profile
+
+    t4, a100 = (" ".join(assumed_numbers(load_profile(gpu=g))) for g in ("t4", "a100-40g-pcie"))
+    assert "calibrated on an A100, not on Tesla T4" in t4
+    assert "calibrated on an A100" not in a100
 
 
 def _recompute_gemm(model, rows):

@@ -7,10 +7,12 @@ small element-wise ops between them (`other_ops_bytes`). Each element-wise op is
 activation probe, with its fixed cost per op (an assumption for ops that were not probed themselves:
 norms, adds and copies stream their bytes once like the activation does).
 
-They are charged only where the profile has a fitted element-wise model (`charges_other_ops`: a
-measured profile, whose per-op cost was measured on this machine's runtime). Datasheet profiles do
-not charge them yet: on the A100 roofline they add 5% to a layer and 6-9% to KVPR's recompute
-plans, which moves the shipped plans/ and docs/planner.md's tables (docs/cost-models.md, "Layer ops").
+They are charged where the profile can price an element-wise kernel from measured or calibrated data
+(`charges_other_ops`): a measured profile (its fitted element-wise model, measured on this machine's
+runtime), and a GPU without one (datasheet profiles: the roofline's element-wise floor and rate, fitted
+on an A100's eager torch add kernels, planner/costmodel/calibration.py; on another GPU an assumption).
+A CPU without a fitted model does not charge them: no CPU data calibrates an element-wise op's cost
+(docs/cost-models.md, "Layer ops").
 """
 
 from __future__ import annotations
@@ -38,9 +40,10 @@ def _position_ops(model: ModelConfig, rows: int, width: int, e: int, written_bac
 
 
 def charges_other_ops(cost: CostModel) -> bool:
-    """Whether the layer's small element-wise ops are priced: only on a profile with a fitted
-    element-wise model (see the module docstring)."""
-    return cost.fitted_model("elementwise", "device") is not None
+    """Whether the layer's small element-wise ops are priced: on a profile with a fitted element-wise
+    model, and on a GPU, whose roofline prices them at the A100-calibrated floor and rate (see the
+    module docstring)."""
+    return cost.fitted_model("elementwise", "device") is not None or cost.profile.device_type == "cuda"
 
 
 def other_ops_bytes(model: ModelConfig, rows: int, dtype: str) -> list[int]:
