@@ -169,9 +169,11 @@ class Profile:
     @property
     def compute_slowdown_while_reading(self) -> float:
         """How much longer the device's compute takes while the disk worker reads (1.0: no slowdown).
-        Only where the device is the host CPU: a GPU computes on its own while a host thread reads."""
+        Only where the device is the host CPU: a GPU computes on its own while a host thread reads. A
+        measured ratio under 1 is the probe's noise (reads beside it cannot speed the compute up) and
+        is taken as 1: below 1 the planner would find reading the disk cheaper than not reading it."""
         measured = self.storage.compute_slowdown_while_reading
-        return measured if self.host_is_device and measured is not None else 1.0
+        return max(1.0, measured) if self.host_is_device and measured is not None else 1.0
 
 
 def part_provenance(data: dict[str, Any], section: str) -> str:
