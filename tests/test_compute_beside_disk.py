@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from planner.disk_classes import WEIGHTS_READ
 from planner.hardware import Stated, compose_profile
+from planner.layer_costs import layer_weight_bytes
 from planner.models import load_model
 from planner.plan import Decisions
 from planner.prediction import cost_model_for, exact_amounts, setting_for
@@ -108,9 +110,6 @@ def test_a_measured_profile_records_the_compute_beside_its_disk_reads(local_prof
 
 
 def test_a_layer_whose_weights_come_from_disk_is_slowed_by_its_own_weight_reads():
-    from planner.disk_classes import WEIGHTS_READ
-    from planner.layer_costs import layer_weight_bytes
-
     half = {"device": 0.5, "host": 0.0, "disk": 0.5}
     d = Decisions(strategy="transfer", dtype="float32", batch=4, gpu_batch=2, num_gpu_batches=2, split_tokens=0,
                   kv_placement={"device": 0.0, "host": 0.0, "disk": 1.0},

@@ -270,8 +270,11 @@ class _Session:
         round_budget = m.budget_s["disk"] * 7 / 12 / rounds
         before = {size: len(times[1]) for size, times in self.disk_timed.items()}
         label = f"disk beside compute, round {k + 1}/{rounds} ({self.disk_path})"
-        alone_s = self.busy_alone_s()
-        busy = _TimedWork(self.busy) if self.busy is not None else None
+        alone = busy = None
+        if self.busy is not None:
+            alone, busy = _TimedWork(self.busy), _TimedWork(self.busy)
+            for _ in range(BUSY_ALONE_CALLS):  # the loop alone, right before the round times it beside the reads
+                alone()
         # both read classes in the same rounds (the same disk, the same moment); each class keeps its
         # own floor, so a loaded machine still gives each class enough sizes to fit
         floor = disk.floor_sizes(sizes.kv_read) | (disk.floor_sizes(sizes.weights_read) if sizes.weights_read
@@ -280,8 +283,8 @@ class _Session:
                                         self.progress(label, count * len(sizes.reads)), busy=busy,
                                         passes=count, timed=self.disk_timed, first_round=k, writes=False, floor=floor)
         self.round_rows.extend(disk.round_medians(self.disk_timed, before, k))
-        if busy is not None and busy.times_s and alone_s:
-            self.beside_rows.append([k, alone_s, statistics.median(busy.times_s)])
+        if busy is not None and busy.times_s:
+            self.beside_rows.append([k, statistics.median(alone.times_s), statistics.median(busy.times_s)])
         # every write the runtime makes goes through its DiskFile (write-backs and prefill alike), which
         # copies into an aligned buffer first: 1-16 MiB went at 1.1-1.3 GB/s that way, 1.6-2.5 GB/s as
         # plain O_DIRECT writes (docs/profiling.md), so link.disk_write is timed through DiskFile at the
@@ -313,17 +316,6 @@ class _Session:
             self.samples["link.disk_to_device"] = disk.disk_to_device_samples(
                 self.disk_path, sizes.reads, reps, m.budget_s["disk"] / 3, self.kernels.staging_pool,
                 torch.cuda.synchronize)
-
-    def busy_alone_s(self) -> float | None:
-        """The busy loop's median time alone (no disk I/O), right before a round times it beside the reads."""
-        if self.busy is None:
-            return None
-        times = []
-        for _ in range(BUSY_ALONE_CALLS):
-            t0 = time.perf_counter()
-            self.busy()
-            times.append(time.perf_counter() - t0)
-        return statistics.median(times)
 
     # -- compute -----------------------------------------------------------------------------
     def device_gemms(self) -> None:
